@@ -1,0 +1,156 @@
+"""Pretrain the small CLIP that plays CLIP's role on the embedded benchmark.
+
+    python -m harness.pretrain [CONFIG.yaml] [key=value ...] [--out PATH]
+
+Contrastive training on the digitshift pretraining pool (all domains) with varied,
+domain-aware captions, so that the starting model is broad and fairly calibrated on every
+domain. Weights are a plain ``state_dict`` (load with ``weights_only=True``); a JSON beside
+them holds the config, the zero-shot metrics and the final logit scale. ``ensure_pretrained``
+builds the default weights once per architecture and caches them keyed by the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from harness.cli import add_config_arguments, config_arguments, run_cli
+from harness.config import StrictModel, config_hash, load
+from harness.data import load_benchmark
+from harness.data.captions import pretrain_caption
+from harness.evaluate import evaluate_zeroshot, format_table
+from harness.losses import contrastive_loss
+from harness.models import create_model, encode_images, encode_texts
+from harness.schedule import cosine_with_warmup
+from harness.storage import atomic_torch_save, atomic_write_json, cache_dir, file_lock
+
+MAX_LOGIT_SCALE = 100.0  # open_clip clamps the learned scale at ln(100)
+
+
+class PretrainConfig(StrictModel):
+    model: str = "digit-vit-xs"
+    benchmark: str = "digitshift"
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    warmup_steps: int = Field(40, ge=0)
+    init_logit_scale: float = Field(1 / 0.07, gt=0.0, le=MAX_LOGIT_SCALE, description="initial multiplier (CLIP: 1/0.07)")
+    logit_scale_lr_mult: float = Field(1.0, gt=0.0, description="learning-rate multiplier of the logit scale")
+    max_images: int | None = Field(None, ge=2, description="use only the first N pool images (tests)")
+    seed: int = Field(0, ge=0)
+
+
+def weights_path(config: PretrainConfig) -> Path:
+    return cache_dir() / "pretrained" / f"{config.model}-{config_hash(config)}.pt"
+
+
+def _param_groups(model: torch.nn.Module, config: PretrainConfig) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if name == "logit_scale":
+            continue
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": config.weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": config.logit_scale_lr_mult},
+    ]
+
+
+def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
+    """Train, evaluate zero-shot on every test set, and save weights + a JSON summary to ``out``."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    benchmark = load_benchmark(config.benchmark, progress=progress)
+    pool = benchmark.pretrain
+    count = min(len(pool), config.max_images or len(pool))
+    model, tokenizer = create_model(config.model, pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(config.init_logit_scale))
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
+    steps_per_epoch = max(1, count // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    token_cache: dict[str, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(config.seed)
+    bar = tqdm(total=total, desc=f"pretraining {config.model}", disable=not progress)
+    step = 0
+    model.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(count, generator=generator)[: steps_per_epoch * config.batch_size]
+        for index in order.view(steps_per_epoch, -1):
+            captions = [pretrain_caption(int(pool.labels[i]), pool.meta["domain"][i], pool.meta["detail"][i], rng)
+                        for i in index.tolist()]
+            missing = [c for c in dict.fromkeys(captions) if c not in token_cache]
+            if missing:
+                token_cache.update(zip(missing, tokenizer(missing)))
+            tokens = torch.stack([token_cache[c] for c in captions])
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * group["lr_mult"] * cosine_with_warmup(step, total, config.warmup_steps)
+            loss = contrastive_loss(
+                encode_images(model, pool.normalise(pool.images[index])), encode_texts(model, tokens), model.logit_scale.exp()
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite pretraining loss at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+            bar.update()
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    zeroshot = evaluate_zeroshot(model, tokenizer, benchmark)
+    summary = {
+        "config": config.model_dump(),
+        "logit_scale": model.logit_scale.exp().item(),
+        "steps": total,
+        "train_seconds": round(train_seconds, 1),
+        "zeroshot": zeroshot,
+        "id_test": benchmark.id_test,
+    }
+    atomic_torch_save(model.state_dict(), out)
+    atomic_write_json(summary, out.with_suffix(".json"))
+    return summary
+
+
+def ensure_pretrained(model_name: str, progress: bool = True) -> Path:
+    """Path of the embedded pretrained weights for ``model_name``, trained on first use (one process at a time)."""
+    config = PretrainConfig(model=model_name)
+    path = weights_path(config)
+    with file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            print(f"first use: pretraining {model_name} on {config.benchmark} (cached at {path})")
+            summary = pretrain(config, path, progress)
+            print(format_table(summary["zeroshot"], summary["id_test"]))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, "pretraining config")
+    parser.add_argument("--out", type=Path, help="where to save the weights (default: the cache entry for this config)")
+    args = parser.parse_args(argv)
+    config_path, overrides = config_arguments(args)
+    config = load(PretrainConfig, config_path, overrides)
+    out = args.out or weights_path(config)
+    summary = pretrain(config, out)
+    print(f"saved {out} (logit scale {summary['logit_scale']:.1f}, {summary['steps']} steps, "
+          f"{summary['train_seconds']:.0f} s)")
+    print(format_table(summary["zeroshot"], summary["id_test"]))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

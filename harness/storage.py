@@ -1,0 +1,63 @@
+"""Where cached artefacts live, and atomic writes (temp file + rename) for them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+CACHE_ENV = "CAROT_HARNESS_CACHE"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def cache_dir() -> Path:
+    """``$CAROT_HARNESS_CACHE`` or ``~/.cache/carot-harness``: built benchmarks and pretrained weights."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "carot-harness"
+    return Path(root)
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """Save with ``torch.save`` so that readers see the old file or the whole new one, never a part."""
+    return _atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_json(obj: Any, path: Path) -> Path:
+    """Write indented JSON atomically."""
+    return _atomic(path, lambda handle: handle.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX), so that parallel workers build a cache entry once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,41 @@
+"""Shared fixtures: one private cache per test session, and the digitshift benchmark built into it once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness.storage import CACHE_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Keep tests away from the user's cache: everything built during the session lands here."""
+    previous = os.environ.get(CACHE_ENV)
+    path = tmp_path_factory.mktemp("cache")
+    os.environ[CACHE_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
+@pytest.fixture(scope="session")
+def digitshift(private_cache):
+    from harness.data import load_benchmark
+
+    return load_benchmark("digitshift", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A randomly initialised small CLIP (no pretraining needed)."""
+    import torch
+
+    from harness.models import create_model
+
+    torch.manual_seed(0)
+    model, tokenizer = create_model("digit-vit-t", pretrained=None)
+    return model.eval(), tokenizer

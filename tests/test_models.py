@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+
+from harness.errors import PretrainedWeightsError, UnknownNameError
+from harness.models import create_model, zeroshot_head
+
+
+def test_zeroshot_head_matches_per_prompt_computation(tiny_model):
+    model, tokenizer = tiny_model
+    classnames, templates = ["zero", "one", "two"], ["a photo of the number {}.", "the digit {}."]
+    with torch.no_grad():
+        head = zeroshot_head(model, tokenizer, classnames, templates)
+        expected = []
+        for name in classnames:
+            rows = [model.encode_text(tokenizer([t.format(name)]))[0].numpy().astype(np.float64) for t in templates]
+            rows = [r / np.linalg.norm(r) for r in rows]
+            mean = np.mean(rows, axis=0)
+            expected.append(mean / np.linalg.norm(mean))
+    assert head.shape == (3, model.text_projection.shape[1])
+    assert torch.allclose(head.norm(dim=1), torch.ones(3), atol=1e-6)
+    assert np.allclose(head.numpy(), np.stack(expected), atol=1e-5)
+
+
+def test_weights_round_trip_through_a_state_dict_file(tiny_model, tmp_path):
+    model, _ = tiny_model
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    loaded, _ = create_model("digit-vit-t", pretrained=str(path))
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_bad_names_and_weights_are_usage_errors(tmp_path):
+    with pytest.raises(UnknownNameError, match="ViT-Q-99"):
+        create_model("ViT-Q-99")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedWeightsError, match="junk.pt"):
+        create_model("digit-vit-t", pretrained=str(junk))
+
+
+def test_uncached_pretrained_tag_fails_clearly_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(PretrainedWeightsError, match="could not load pretrained weights 'openai' for RN50"):
+        create_model("RN50", pretrained="openai")
