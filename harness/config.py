@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import ConfigError
+from harness.methods import CAROT_TERMS, METHODS
 
-METHODS = ("zeroshot", "lp", "ft", "lpft", "flyp", "carot")
 
 
 class StrictModel(BaseModel):
@@ -45,14 +45,22 @@ class DataConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
+    """Unset keys take the method's defaults (carot: the paper's weights); see ``harness.methods``."""
+
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     oc_weight: float = Field(0.0, ge=0.0, description="lambda_OC, orthogonality of the visual projection")
     sd_weight: float = Field(0.0, ge=0.0, description="lambda_SD, self-distillation from the EMA teacher")
     cross_weight: float = Field(0.0, ge=0.0, description="lambda_cross, ||W_v W_t^T||_F")
+    same_class_positives: bool = Field(
+        False, description="treat same-class pairs in a batch as positives (the released loss treats them as negatives)"
+    )
 
 
 class EMAConfig(StrictModel):
-    period: int = Field(10, ge=1, description="optimizer steps between EMA teacher updates")
+    """The EMA teacher of self-distillation. ``period`` is an absolute number of optimizer steps
+    (released: 500 of ~25k ImageNet steps, 2%; a default digitshift run has ~150 steps)."""
+
+    period: int = Field(5, ge=1, description="optimizer steps between EMA teacher updates")
     m_src: float = Field(0.05, ge=0.0, le=1.0)
     m_tar: float = Field(0.9, ge=0.0, le=1.0)
     warmup: float = Field(0.2, ge=0.0, le=1.0, description="fraction of all steps over which m rises")
@@ -64,13 +72,19 @@ class OptimConfig(StrictModel):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
     warmup_steps: int = Field(10, ge=0)
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm; null = no clipping")
+    lp_epochs: int = Field(2, ge=1, description="lpft only: epochs of the linear-probe stage before optim.epochs of FT")
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
 
 
 class EvalConfig(StrictModel):
     batch_size: int = Field(256, ge=1)
     n_bins: int = Field(15, ge=1)
-    every_epoch: bool = False
+    every_epoch: bool = Field(False, description="evaluate the ID validation split after every epoch")
+    temperature_scaling: bool = Field(True, description="fit one temperature on ID validation NLL; report both")
+    wise_alphas: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=list, description="WiSE-FT mixing weights to evaluate (0 = pre-trained, 1 = fine-tuned)"
+    )
 
 
 class TrackingConfig(StrictModel):
@@ -84,19 +98,34 @@ class RunConfig(StrictModel):
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal[METHODS] = "zeroshot"  # type: ignore[valid-type]
+    method: Literal[tuple(METHODS)] = "zeroshot"  # type: ignore[valid-type]
     loss: LossConfig = LossConfig()
     ema: EMAConfig = EMAConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     seed: int = Field(0, ge=0)
-    run_dir: str = "runs/default"
+    run_dir: str | None = Field(None, description="null: runs/<method>-<config digest>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_loss_defaults(cls, data: Any) -> Any:
+        """Unset loss keys take the method's defaults, so the record shows the values really used."""
+        if isinstance(data, dict) and data.get("method", "zeroshot") in METHODS:
+            loss = data.get("loss", {})
+            if isinstance(loss, dict):
+                defaults = METHODS[data.get("method", "zeroshot")].loss_defaults
+                data = {**data, "loss": {**defaults, **loss}}
+        return data
 
     @model_validator(mode="after")
-    def _momentum_rises(self) -> "RunConfig":
+    def _consistent(self) -> "RunConfig":
         if self.ema.m_src > self.ema.m_tar:
             raise ValueError(f"ema.m_src ({self.ema.m_src}) must not exceed ema.m_tar ({self.ema.m_tar})")
+        if not METHODS[self.method].carot_terms:
+            for term in CAROT_TERMS:
+                if getattr(self.loss, term):
+                    raise ValueError(f"loss.{term} applies only to method carot (method is {self.method})")
         return self
 
 
@@ -105,15 +134,15 @@ ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    path = ".".join(str(part) for part in first["loc"]) or "<root>"
-    message = first["msg"]
+    path = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif "input" in first and not isinstance(first["input"], dict):
+    elif path and "input" in first and not isinstance(first["input"], dict):
         message = f"{message} (got {first['input']!r})"
     more = len(err.errors()) - 1
     suffix = f" (+{more} more)" if more else ""
-    return f"{path}: {message}{suffix}"
+    return f"{path}: {message}{suffix}" if path else f"{message}{suffix}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

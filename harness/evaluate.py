@@ -1,9 +1,9 @@
-"""Zero-shot evaluation of a model on every test set of a benchmark.
+"""Evaluation of a model + classifier head on every test set of a benchmark.
 
     python -m harness.evaluate [CONFIG.yaml] [key=value ...]
 
-prints accuracy, ECE (top-label, 15 equal-width bins, L1, over the whole set) and mean
-confidence per test set, for ``model.name`` with ``model.pretrained`` on ``data.benchmark``.
+prints zero-shot accuracy, ECE (top-label, 15 equal-width bins, L1, over the whole set) and
+mean confidence per test set, for ``model.name`` with ``model.pretrained`` on ``data.benchmark``.
 """
 
 from __future__ import annotations
@@ -12,51 +12,45 @@ import argparse
 
 import torch
 
-from harness import metrics
 from harness.cli import add_config_arguments, config_arguments, run_cli
 from harness.config import load_run_config
-from harness.data import Benchmark, ImageSet, load_benchmark
-from harness.models import create_model, encode_images, logit_scale, require_known_model, zeroshot_head
+from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
+from harness.metrics import classification_report
+from harness.models import classifier_head, create_model, encode_images, logit_scale, require_known_model
 
 
-@torch.inference_mode()
-def predict_logits(model: torch.nn.Module, head: torch.Tensor, dataset: ImageSet, scale: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits ``[N, C]`` = scale x cosine(image, class embedding), accumulated over the whole set."""
-    device = head.device
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, head: torch.nn.Module, dataset: ImageSet, batch_size: int = 256) -> torch.Tensor:
+    """Logits ``[N, C]`` = head(normalised image features), accumulated over the whole set."""
+    was_training = model.training
     model.eval()
-    chunks = [scale * encode_images(model, images.to(device)) @ head.T for images, _, _ in dataset.batches(batch_size)]
+    device = head.weight.device
+    chunks = [head(encode_images(model, images.to(device))) for images, _, _ in dataset.batches(batch_size)]
+    model.train(was_training)
     return torch.cat(chunks).float().cpu()
 
 
-def summarise(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
-    probs = logits.softmax(dim=1)
+def evaluate_sets(
+    model: torch.nn.Module, head: torch.nn.Module, sets: dict[str, ImageSet], batch_size: int = 256, n_bins: int = 15
+) -> dict[str, dict]:
+    """The full metric report of every set."""
     return {
-        "acc": metrics.accuracy(probs, labels),
-        "ece": metrics.expected_calibration_error(probs, labels, n_bins),
-        "confidence": metrics.mean_confidence(probs),
-        "n": len(labels),
+        name: classification_report(predict_logits(model, head, dataset, batch_size), dataset.labels, n_bins)
+        for name, dataset in sets.items()
     }
 
 
-@torch.inference_mode()
-def evaluate_zeroshot(
-    model: torch.nn.Module, tokenizer, benchmark: Benchmark, batch_size: int = 256, n_bins: int = 15
-) -> dict[str, dict[str, float]]:
+def evaluate_zeroshot(model: torch.nn.Module, tokenizer, benchmark: Benchmark, batch_size: int = 256, n_bins: int = 15) -> dict[str, dict]:
     """Build the zero-shot head once, then score every test set."""
-    model.eval()
-    head = zeroshot_head(model, tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
-    scale = logit_scale(model)
-    return {
-        name: summarise(predict_logits(model, head, dataset, scale, batch_size), dataset.labels, n_bins)
-        for name, dataset in benchmark.tests.items()
-    }
+    head = classifier_head(model, tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
+    return evaluate_sets(model, head, benchmark.tests, batch_size, n_bins)
 
 
-def format_table(results: dict[str, dict[str, float]], id_test: str | None = None) -> str:
-    lines = [f"{'test set':<12} {'n':>6} {'acc':>7} {'ECE':>7} {'conf':>7}"]
+def format_table(results: dict[str, dict], id_test: str | None = None) -> str:
+    lines = [f"{'set':<13} {'n':>6} {'acc':>7} {'ECE':>7} {'conf':>7}"]
     for name, row in results.items():
         label = f"{name} (ID)" if name == id_test else name
-        lines.append(f"{label:<12} {row['n']:>6} {row['acc']:>7.2%} {row['ece']:>7.4f} {row['confidence']:>7.2%}")
+        lines.append(f"{label:<13} {row['n']:>6} {row['acc']:>7.2%} {row['ece']:>7.4f} {row['confidence']:>7.2%}")
     return "\n".join(lines)
 
 
@@ -64,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, "run config")
-    args = parser.parse_args(argv)
-    config_path, overrides = config_arguments(args)
+    config_path, overrides = config_arguments(parser.parse_args(argv))
     config = load_run_config(config_path, overrides)
     torch.manual_seed(config.seed)
     require_known_model(config.model.name)
-    benchmark = load_benchmark(config.data.benchmark)
+    require_known_benchmark(config.data.benchmark)
     model, tokenizer = create_model(config.model.name, config.model.pretrained)
+    benchmark = load_benchmark(config.data.benchmark)
     results = evaluate_zeroshot(model, tokenizer, benchmark, config.eval.batch_size, config.eval.n_bins)
     print(f"{config.model.name} ({config.model.pretrained}) zero-shot on {benchmark.name}, "
           f"logit scale {logit_scale(model).item():.1f}")

@@ -1,10 +1,14 @@
-"""Classification and calibration metrics, always over a whole dataset (never averaged over batches).
+"""Classification and calibration metrics, always over a whole dataset (never averaged over batches),
+and the spectrum of the ID embedding covariance.
 
 The CaRot authors' code averages ECE over batches of class-sorted data, which biases it upward;
-here predictions are accumulated first and every metric is computed once.
+here predictions are accumulated first and every metric is computed once. ``probs`` is an
+``[N, C]`` tensor of probabilities and ``labels`` an ``[N]`` tensor of class indices.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -18,15 +22,123 @@ def mean_confidence(probs: torch.Tensor) -> float:
     return probs.max(dim=1).values.double().mean().item()
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """Top-label ECE with ``n_bins`` equal-width bins, L1: sum_b |acc_b - conf_b| * n_b / N.
-
-    Bins are [k/n, (k+1)/n) with a confidence of exactly 1 in the last bin, as torchmetrics does.
-    """
+def _top_label(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     confidence, predicted = probs.double().max(dim=1)
-    correct = (predicted == labels).double()
-    bins = torch.clamp((confidence * n_bins).floor().long(), max=n_bins - 1)
-    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, torch.ones_like(confidence))
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, confidence)
-    correct_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, correct)
-    return ((correct_sum - conf_sum).abs().sum() / len(labels)).item()
+    return confidence, (predicted == labels).double()
+
+
+def _equal_width_bins(confidence: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Bin k holds [k/n, (k+1)/n); a confidence of exactly 1 goes to the last bin (as torchmetrics)."""
+    return torch.clamp((confidence * n_bins).floor().long(), 0, n_bins - 1)
+
+
+def _bin_sums(bins: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int):
+    zeros = torch.zeros(n_bins, dtype=torch.float64)
+    count = zeros.index_add(0, bins, torch.ones_like(confidence))
+    return count, zeros.index_add(0, bins, confidence), zeros.index_add(0, bins, correct)
+
+
+def _calibration_gaps(bins: torch.Tensor, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int):
+    """Per bin: |accuracy - confidence| and the bin's share of samples (empty bins have share 0)."""
+    count, conf_sum, correct_sum = _bin_sums(bins, confidence, correct, n_bins)
+    gap = (correct_sum - conf_sum).abs() / count.clamp(min=1)
+    return gap, count / len(confidence)
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Top-label ECE, ``n_bins`` equal-width bins, L1: sum_b |acc_b - conf_b| * n_b / N."""
+    confidence, correct = _top_label(probs, labels)
+    gap, share = _calibration_gaps(_equal_width_bins(confidence, n_bins), confidence, correct, n_bins)
+    return (gap * share).sum().item()
+
+
+def maximum_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Largest |acc_b - conf_b| over the non-empty equal-width bins."""
+    confidence, correct = _top_label(probs, labels)
+    gap, share = _calibration_gaps(_equal_width_bins(confidence, n_bins), confidence, correct, n_bins)
+    return gap[share > 0].max().item()
+
+
+def adaptive_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Top-label ECE over equal-mass bins: samples sorted by confidence, split into ``n_bins`` near-equal runs."""
+    confidence, correct = _top_label(probs, labels)
+    order = torch.argsort(confidence, stable=True)
+    bins = torch.empty_like(order)
+    bins[order] = torch.arange(len(order)) * n_bins // len(order)
+    gap, share = _calibration_gaps(bins, confidence, correct, n_bins)
+    return (gap * share).sum().item()
+
+
+def classwise_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Mean over classes k of the ECE of p_k against the event y = k (Kull et al., 2019), equal-width bins."""
+    probs = probs.double()
+    total = 0.0
+    for k in range(probs.shape[1]):
+        confidence, event = probs[:, k], (labels == k).double()
+        gap, share = _calibration_gaps(_equal_width_bins(confidence, n_bins), confidence, event, n_bins)
+        total += (gap * share).sum().item()
+    return total / probs.shape[1]
+
+
+def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean -log p(label); probabilities are floored at 1e-12."""
+    picked = probs.double().gather(1, labels.view(-1, 1)).squeeze(1)
+    return -picked.clamp(min=1e-12).log().mean().item()
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over samples of sum_k (p_k - 1[y = k])^2 (the multi-class Brier score, range [0, 2])."""
+    one_hot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+    return ((probs.double() - one_hot) ** 2).sum(dim=1).mean().item()
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list]:
+    """Per equal-width bin: its edges, sample count, mean confidence and accuracy (None when empty)."""
+    confidence, correct = _top_label(probs, labels)
+    count, conf_sum, correct_sum = _bin_sums(_equal_width_bins(confidence, n_bins), confidence, correct, n_bins)
+    mean = lambda sums: [s / c if c else None for s, c in zip(sums.tolist(), count.tolist())]  # noqa: E731
+    return {
+        "lower": [k / n_bins for k in range(n_bins)],
+        "upper": [(k + 1) / n_bins for k in range(n_bins)],
+        "count": [int(c) for c in count.tolist()],
+        "confidence": mean(conf_sum),
+        "accuracy": mean(correct_sum),
+    }
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """Every metric of one test set from its logits, plus the reliability bins; what record.json stores."""
+    probs = logits.double().softmax(dim=1)
+    return {
+        "acc": accuracy(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "mce": maximum_calibration_error(probs, labels, n_bins),
+        "adaptive_ece": adaptive_calibration_error(probs, labels, n_bins),
+        "classwise_ece": classwise_calibration_error(probs, labels, n_bins),
+        "nll": negative_log_likelihood(probs, labels),
+        "brier": brier_score(probs, labels),
+        "confidence": mean_confidence(probs),
+        "n": len(labels),
+        "reliability": reliability_bins(probs, labels, n_bins),
+    }
+
+
+def embedding_spectrum(features: torch.Tensor) -> dict[str, float]:
+    """Singular values of the covariance of ``features`` [N, D] (centred; 1/(N-1) normalisation).
+
+    The caller decides what goes in: the harness passes L2-normalised ID image embeddings, as
+    CLIP's features are; the paper's sigma_min is the smallest of these singular values.
+    """
+    x = features.double()
+    x = x - x.mean(dim=0, keepdim=True)
+    covariance = x.T @ x / (len(x) - 1)
+    singular = torch.linalg.svdvals(covariance)
+    p = singular / singular.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    return {
+        "sigma_min": singular[-1].item(),
+        "sigma_max": singular[0].item(),
+        "condition_number": (singular[0] / singular[-1]).item() if singular[-1] > 0 else math.inf,
+        "effective_rank": math.exp(entropy),
+        "singular_values": singular.tolist(),
+    }

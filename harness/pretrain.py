@@ -27,12 +27,9 @@ from harness.data import load_benchmark
 from harness.data.captions import pretrain_caption
 from harness.evaluate import evaluate_zeroshot, format_table
 from harness.losses import contrastive_loss
-from harness.models import create_model, encode_images, encode_texts
-from harness.schedule import cosine_with_warmup
+from harness.models import MAX_LOGIT_SCALE, create_model, encode_images, encode_texts
+from harness.optim import cosine_with_warmup, decay_groups, set_learning_rate
 from harness.storage import atomic_torch_save, atomic_write_json, cache_dir, file_lock
-
-MAX_LOGIT_SCALE = 100.0  # open_clip clamps the learned scale at ln(100)
-
 
 class PretrainConfig(StrictModel):
     model: str = "digit-vit-xs"
@@ -42,7 +39,9 @@ class PretrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
     warmup_steps: int = Field(40, ge=0)
-    init_logit_scale: float = Field(1 / 0.07, gt=0.0, le=MAX_LOGIT_SCALE, description="initial multiplier (CLIP: 1/0.07)")
+    init_logit_scale: float = Field(
+        30.0, gt=0.0, le=MAX_LOGIT_SCALE, description="initial multiplier (CLIP: 1/0.07 = 14.3; see README for why 30)"
+    )
     logit_scale_lr_mult: float = Field(1.0, gt=0.0, description="learning-rate multiplier of the logit scale")
     max_images: int | None = Field(None, ge=2, description="use only the first N pool images (tests)")
     seed: int = Field(0, ge=0)
@@ -53,16 +52,9 @@ def weights_path(config: PretrainConfig) -> Path:
 
 
 def _param_groups(model: torch.nn.Module, config: PretrainConfig) -> list[dict]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if name == "logit_scale":
-            continue
-        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": config.weight_decay, "lr_mult": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
-        {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": config.logit_scale_lr_mult},
-    ]
+    others = ((name, p) for name, p in model.named_parameters() if name != "logit_scale")
+    scale = {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": config.logit_scale_lr_mult}
+    return [*decay_groups(others, config.weight_decay), scale]
 
 
 def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
@@ -93,8 +85,7 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
             if missing:
                 token_cache.update(zip(missing, tokenizer(missing)))
             tokens = torch.stack([token_cache[c] for c in captions])
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * group["lr_mult"] * cosine_with_warmup(step, total, config.warmup_steps)
+            set_learning_rate(optimizer, config.lr, cosine_with_warmup(step, total, config.warmup_steps))
             loss = contrastive_loss(
                 encode_images(model, pool.normalise(pool.images[index])), encode_texts(model, tokens), model.logit_scale.exp()
             )

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
@@ -40,3 +41,69 @@ def test_accuracy_and_confidence():
     labels = torch.tensor([0, 0, 0])
     assert metrics.accuracy(probs, labels) == pytest.approx(2 / 3)
     assert metrics.mean_confidence(probs) == pytest.approx((0.7 + 0.8 + 0.6) / 3)
+
+
+@pytest.mark.parametrize("n_bins", [5, 15])
+def test_mce_equals_torchmetrics(n_bins):
+    probs, labels = _random_predictions(seed=3)
+    reference = MulticlassCalibrationError(num_classes=10, n_bins=n_bins, norm="max")(probs, labels).item()
+    assert metrics.maximum_calibration_error(probs, labels, n_bins) == pytest.approx(reference, abs=1e-6)
+
+
+def test_adaptive_ece_by_hand():
+    # 6 samples, 2 equal-mass bins: the 3 least confident and the 3 most confident
+    probs = torch.tensor([[0.55, 0.45], [0.6, 0.4], [0.65, 0.35], [0.8, 0.2], [0.9, 0.1], [0.95, 0.05]], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0, 0, 0, 1])
+    low = abs(2 / 3 - (0.55 + 0.6 + 0.65) / 3)
+    high = abs(2 / 3 - (0.8 + 0.9 + 0.95) / 3)
+    assert metrics.adaptive_calibration_error(probs, labels, n_bins=2) == pytest.approx((low + high) / 2)
+
+
+def test_classwise_ece_against_numpy():
+    probs, labels = _random_predictions(n=500, classes=4, seed=5)
+    p, y = probs.double().numpy(), labels.numpy()
+    total = 0.0
+    for k in range(4):
+        bins = np.minimum((p[:, k] * 10).astype(int), 9)
+        for b in range(10):
+            members = bins == b
+            if members.any():
+                total += abs((y[members] == k).mean() - p[members, k].mean()) * members.mean()
+    assert metrics.classwise_calibration_error(probs, labels, n_bins=10) == pytest.approx(total / 4)
+
+
+def test_nll_and_brier_against_numpy():
+    probs, labels = _random_predictions(n=300, classes=5, seed=6)
+    p, y = probs.double().numpy(), labels.numpy()
+    assert metrics.negative_log_likelihood(probs, labels) == pytest.approx(-np.log(p[np.arange(300), y]).mean())
+    one_hot = np.eye(5)[y]
+    assert metrics.brier_score(probs, labels) == pytest.approx(((p - one_hot) ** 2).sum(1).mean())
+
+
+def test_reliability_bins_by_hand():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]], dtype=torch.float64)
+    bins = metrics.reliability_bins(probs, torch.tensor([0, 1, 1]), n_bins=2)
+    assert bins["count"] == [0, 3]
+    assert bins["confidence"][0] is None and bins["confidence"][1] == pytest.approx(0.8)
+    assert bins["accuracy"][1] == pytest.approx(2 / 3)
+    assert bins["lower"] == [0.0, 0.5] and bins["upper"] == [0.5, 1.0]
+
+
+def test_report_nll_equals_cross_entropy_of_logits():
+    logits = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(50) % 3
+    report = metrics.classification_report(logits, labels)
+    assert report["nll"] == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), labels).item(), rel=1e-9)
+    assert report["n"] == 50 and sum(report["reliability"]["count"]) == 50
+
+
+def test_spectrum_against_numpy():
+    features = torch.randn(200, 6, generator=torch.Generator().manual_seed(0)) * torch.tensor([3, 2, 1, 1, 0.5, 0.1])
+    x = features.double().numpy()
+    singular = np.linalg.svd(np.cov(x, rowvar=False), compute_uv=False)
+    spectrum = metrics.embedding_spectrum(features)
+    assert spectrum["sigma_min"] == pytest.approx(singular[-1], rel=1e-9)
+    assert spectrum["sigma_max"] == pytest.approx(singular[0], rel=1e-9)
+    assert spectrum["condition_number"] == pytest.approx(singular[0] / singular[-1], rel=1e-9)
+    p = singular / singular.sum()
+    assert spectrum["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -40,8 +44,17 @@ def test_bad_names_and_weights_are_usage_errors(tmp_path):
         create_model("digit-vit-t", pretrained=str(junk))
 
 
-def test_uncached_pretrained_tag_fails_clearly_offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(PretrainedWeightsError, match="could not load pretrained weights 'openai' for RN50"):
-        create_model("RN50", pretrained="openai")
+def test_uncached_pretrained_tag_fails_clearly_offline(tmp_path):
+    # a subprocess, because huggingface_hub reads HF_HUB_OFFLINE when it is first imported
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "harness.evaluate", "model.name=RN50", "model.pretrained=openai"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: could not load pretrained weights 'openai' for RN50"), result.stderr
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(PretrainedWeightsError, match="absent.pt: no such weights file"):
+        create_model("digit-vit-t", pretrained=str(tmp_path / "absent.pt"))

@@ -1,6 +1,15 @@
 """Benchmarks: ``load_benchmark(name)`` returns a ``Benchmark`` of torch Datasets."""
 
 from harness.data import digitshift as _digitshift  # noqa: F401  (registers "digitshift")
-from harness.data.registry import Benchmark, ImageSet, available_benchmarks, load_benchmark, register_benchmark
+from harness.data.registry import (
+    Benchmark,
+    ImageSet,
+    available_benchmarks,
+    load_benchmark,
+    register_benchmark,
+    require_known_benchmark,
+)
 
-__all__ = ["Benchmark", "ImageSet", "available_benchmarks", "load_benchmark", "register_benchmark"]
+__all__ = [
+    "Benchmark", "ImageSet", "available_benchmarks", "load_benchmark", "register_benchmark", "require_known_benchmark",
+]

@@ -88,8 +88,12 @@ def available_benchmarks() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_benchmark(name: str, **options) -> Benchmark:
-    """Load a registered benchmark by name (``options`` go to its loader, e.g. ``seed``)."""
+def require_known_benchmark(name: str) -> None:
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown benchmark {name!r}; available: {', '.join(available_benchmarks())}")
+
+
+def load_benchmark(name: str, **options) -> Benchmark:
+    """Load a registered benchmark by name (``options`` go to its loader, e.g. ``seed``)."""
+    require_known_benchmark(name)
     return _REGISTRY[name](**options)

@@ -1,0 +1,529 @@
+"""One trial: fine-tune, evaluate, record.
+
+    python -m harness.train [CONFIG.yaml] [key=value ...]
+
+``run(config)`` seeds everything, builds the model from its pre-trained weights, trains the
+method's stages, evaluates every test set (student, EMA teacher for CaRot, temperature-scaled,
+WiSE-FT), measures the ID embedding spectrum, saves weights as ``state_dict``s and writes
+``RUN_DIR/record.json`` atomically. A run killed at any moment and started again with the same
+run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derived from
+(seed, epoch, step), so it ends with the same metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import harness
+from harness.cli import add_config_arguments, config_arguments, run_cli
+from harness.config import RunConfig, config_hash, load_run_config
+from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
+from harness.ema import EMATeacher, momentum_at
+from harness.errors import UsageError
+from harness.evaluate import format_table, predict_logits
+from harness.losses import contrastive_loss, cross_norm_penalty, distillation_loss, orthogonality_penalty
+from harness.methods import METHODS, Stage
+from harness.metrics import classification_report, embedding_spectrum
+from harness.models import (
+    MAX_LOGIT_SCALE,
+    classifier_head,
+    create_model,
+    encode_images,
+    encode_texts,
+    require_known_model,
+    text_projection,
+    visual_projection,
+)
+from harness.optim import cosine_with_warmup, decay_groups, set_learning_rate
+from harness.posthoc import fit_temperature, interpolate_weights
+from harness.storage import atomic_torch_save, atomic_write_json
+
+SCHEMA = 1
+RunRecord = dict[str, Any]  # the JSON of record.json; keys documented in DESIGN.md
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the trial stops and is recorded as failed."""
+
+
+class TrainCallbacks:
+    """Hooks for trackers and pruners; the default does nothing. ``on_epoch`` may raise to stop a trial."""
+
+    def on_step(self, step: int, losses: dict[str, float], lr: float) -> None:
+        pass
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+
+def resolve_run_dir(config: RunConfig) -> Path:
+    return Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.method}-{config_hash(config)}"
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _generator(*parts: int) -> torch.Generator:
+    """A generator seeded by a tuple, so each epoch's order and each step's captions are reproducible alone."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
+
+
+class Trainer:
+    """The state of one trial's training (model, head, teacher, optimizer, step) and its loop."""
+
+    def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks):
+        self.config, self.benchmark, self.run_dir, self.callbacks = config, benchmark, run_dir, callbacks
+        self.method = METHODS[config.method]
+        self.model, self.tokenizer = create_model(config.model.name, config.model.pretrained)
+        self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
+        self.teacher = EMATeacher(self.model) if self.method.carot_terms and config.loss.sd_weight > 0 else None
+        self.steps_per_epoch = len(benchmark.train) // config.optim.batch_size
+        if self.method.trains and self.steps_per_epoch == 0:
+            raise UsageError(f"optim.batch_size ({config.optim.batch_size}) exceeds the training set ({len(benchmark.train)})")
+        self.stage_steps = [self._epochs(stage, i) * self.steps_per_epoch for i, stage in enumerate(self.method.stages)]
+        self.total_steps = sum(self.stage_steps)
+        self.step = 0
+        self.history: list[dict] = []
+        self.step_seconds: list[float] = []
+        self.token_cache: dict[str, torch.Tensor] = {}
+        self.checkpoint_path = run_dir / "checkpoint.pt"
+        self._resumed_optimizer: tuple[int, dict] | None = None
+
+    def _epochs(self, stage: Stage, index: int) -> int:
+        lp_first = len(self.method.stages) > 1 and index == 0
+        return self.config.optim.lp_epochs if lp_first else self.config.optim.epochs
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
+        state = {
+            "step": self.step,
+            "config_digest": config_hash(self.config),
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher else None,
+            "stage": stage_index,
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+        }
+        atomic_torch_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        if state["config_digest"] != config_hash(self.config):
+            raise UsageError(f"{self.checkpoint_path} belongs to another config; use another run_dir")
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.history = state["step"], state["history"]
+        self._resumed_optimizer = (state["stage"], state["optimizer"])
+        return True
+
+    # -- one step ----------------------------------------------------------------------------
+    def _tokens(self, captions: list[str]) -> torch.Tensor:
+        missing = [c for c in captions if c not in self.token_cache]
+        if missing:
+            self.token_cache.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([self.token_cache[c] for c in captions])
+
+    def _captions(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of the unique captions of this step and, per image, the index of its caption.
+
+        Each image gets a template drawn from a generator seeded by (seed, step); identical
+        captions are encoded once (exact: rows of a batch are independent).
+        """
+        templates = self.benchmark.templates
+        choice = torch.randint(len(templates), (len(labels),), generator=_generator(self.config.seed, 1, self.step))
+        captions = [templates[t].format(self.benchmark.classnames[y]) for t, y in zip(choice.tolist(), labels.tolist())]
+        unique = list(dict.fromkeys(captions))
+        position = {caption: i for i, caption in enumerate(unique)}
+        return self._tokens(unique), torch.tensor([position[c] for c in captions])
+
+    def _contrastive_terms(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = self.config.loss
+        tokens, caption_index = self._captions(labels)
+        image_features = encode_images(self.model, images)
+        text_features = encode_texts(self.model, tokens)[caption_index]
+        scale = self.model.logit_scale.exp()
+        targets = None
+        if loss.same_class_positives:
+            same = (labels[:, None] == labels[None, :]).float()
+            targets = same / same.sum(dim=1, keepdim=True)
+        terms = {"contrastive": contrastive_loss(image_features, text_features, scale, loss.label_smoothing, targets)}
+        if loss.oc_weight > 0:
+            terms["oc"] = orthogonality_penalty(visual_projection(self.model))
+        if loss.cross_weight > 0:
+            terms["cross"] = cross_norm_penalty(visual_projection(self.model), text_projection(self.model))
+        if self.teacher is not None:
+            with torch.inference_mode():  # cheaper than no_grad: no version counters, no views tracked
+                teacher = self.teacher.model
+                teacher_logits = (
+                    teacher.logit_scale.exp()
+                    * encode_images(teacher, images)
+                    @ encode_texts(teacher, tokens)[caption_index].T
+                )
+            teacher_logits = teacher_logits.clone()  # a normal tensor, so autograd may save it as a target
+            student_logits = scale * image_features @ text_features.T
+            terms["sd"] = distillation_loss(student_logits, student_logits.T, teacher_logits, teacher_logits.T)
+        return terms
+
+    def _cross_entropy_terms(self, stage: Stage, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if stage.trains == "head":
+            with torch.no_grad():
+                features = encode_images(self.model, images)
+        else:
+            features = encode_images(self.model, images)
+        logits = self.head(features)
+        return {"cross_entropy": F.cross_entropy(logits, labels, label_smoothing=self.config.loss.label_smoothing)}
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.config.loss
+        weights = {"oc": loss.oc_weight, "cross": loss.cross_weight, "sd": loss.sd_weight}
+        return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _trainable(self, stage: Stage) -> list[tuple[str, torch.nn.Parameter]]:
+        head = [(f"head.{n}", p) for n, p in self.head.named_parameters()]
+        if stage.trains == "head":
+            chosen = head
+        elif stage.trains == "image+head":
+            chosen = [(n, p) for n, p in self.model.named_parameters() if n.startswith("visual.")] + head
+        else:
+            chosen = list(self.model.named_parameters())
+        keep = {id(p) for _, p in chosen}
+        for param in [*self.model.parameters(), *self.head.parameters()]:
+            param.requires_grad_(id(param) in keep)
+        return chosen
+
+    def _evaluate_epoch(self, epoch: int) -> None:
+        head = self.evaluation_head(self.model)
+        report = classification_report(
+            predict_logits(self.model, head, self.benchmark.val, self.config.eval.batch_size),
+            self.benchmark.val.labels,
+            self.config.eval.n_bins,
+        )
+        metrics = {"epoch": epoch, "step": self.step, "val_acc": report["acc"], "val_ece": report["ece"], "val_nll": report["nll"]}
+        self.history.append(metrics)
+        self.callbacks.on_epoch(epoch, metrics)
+
+    def train(self, progress: bool = True) -> None:
+        optim_config = self.config.optim
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.config.method,
+                   disable=not progress or not self.total_steps)
+        stage_start = 0
+        for stage_index, (stage, stage_steps) in enumerate(zip(self.method.stages, self.stage_steps)):
+            stage_end = stage_start + stage_steps
+            if self.step >= stage_end:
+                stage_start = stage_end
+                continue
+            optimizer = self.make_optimizer(stage)
+            if self._resumed_optimizer and self._resumed_optimizer[0] == stage_index:
+                optimizer.load_state_dict(self._resumed_optimizer[1])
+            self._resumed_optimizer = None
+            self.model.train()
+            while self.step < stage_end:
+                self.train_step(stage, optimizer, self.step - stage_start, stage_steps)
+                bar.update()
+                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch:
+                    self._evaluate_epoch(self.step // self.steps_per_epoch)
+                if self.step % optim_config.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint(stage_index, optimizer)
+            stage_start = stage_end
+        bar.close()
+
+    def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        """AdamW over what ``stage`` trains (and nothing else requires grad)."""
+        groups = decay_groups(self._trainable(stage), self.config.optim.weight_decay)
+        return torch.optim.AdamW(groups, lr=self.config.optim.lr)
+
+    def train_step(self, stage: Stage, optimizer: torch.optim.Optimizer, stage_step: int, stage_steps: int) -> None:
+        """One optimizer step on the batch that (seed, global step) selects; advances ``self.step``."""
+        started = time.perf_counter()
+        optim_config = self.config.optim
+        epoch, position = divmod(self.step, self.steps_per_epoch)
+        order = torch.randperm(len(self.benchmark.train), generator=_generator(self.config.seed, 0, epoch))
+        index = order[position * optim_config.batch_size : (position + 1) * optim_config.batch_size]
+        train = self.benchmark.train
+        images, labels = train.normalise(train.images[index]), train.labels[index]
+        factor = cosine_with_warmup(stage_step, stage_steps, optim_config.warmup_steps)
+        set_learning_rate(optimizer, optim_config.lr, factor)
+        if stage.objective == "contrastive":
+            terms = self._contrastive_terms(images, labels)
+        else:
+            terms = self._cross_entropy_terms(stage, images, labels)
+        loss = self._weighted(terms)
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim_config.grad_clip:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, optim_config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, np.log(MAX_LOGIT_SCALE))
+        if self.teacher is not None and (self.step + 1) % self.config.ema.period == 0:
+            ema = self.config.ema
+            self.teacher.update(self.model, momentum_at(self.step, self.total_steps, ema.m_src, ema.m_tar, ema.warmup))
+        self.step_seconds.append(time.perf_counter() - started)
+        self.step += 1
+        self.callbacks.on_step(self.step - 1, {k: v.item() for k, v in terms.items()} | {"loss": loss.item()},
+                               optim_config.lr * factor)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluation_head(self, model: torch.nn.Module) -> torch.nn.Linear:
+        """Contrastive methods re-derive the zero-shot head from their text encoder; others use the trained head."""
+        if self.method.head == "zeroshot":
+            return classifier_head(model, self.tokenizer, self.benchmark.classnames, self.benchmark.zeroshot_templates)
+        return self.head
+
+
+def _evaluation_sets(benchmark: Benchmark) -> dict[str, ImageSet]:
+    return {"val": benchmark.val, **benchmark.tests}
+
+
+def _reports(logits: dict[str, torch.Tensor], sets: dict[str, ImageSet], n_bins: int, temperature: float = 1.0) -> dict[str, dict]:
+    return {name: classification_report(logits[name] / temperature, sets[name].labels, n_bins) for name in logits}
+
+
+def _summary(reports: dict[str, dict], benchmark: Benchmark, prefix: str = "") -> dict[str, float]:
+    ood = benchmark.ood_tests
+    summary = {
+        "val_acc": reports["val"]["acc"], "val_ece": reports["val"]["ece"], "val_nll": reports["val"]["nll"],
+        "id_acc": reports[benchmark.id_test]["acc"], "id_ece": reports[benchmark.id_test]["ece"],
+        "ood_acc": float(np.mean([reports[name]["acc"] for name in ood])),
+        "ood_ece": float(np.mean([reports[name]["ece"] for name in ood])),
+    }
+    return {f"{prefix}{key}": value for key, value in summary.items()}
+
+
+def _id_embeddings(model: torch.nn.Module, dataset: ImageSet, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        model.eval()
+        return torch.cat([encode_images(model, images) for images, _, _ in dataset.batches(batch_size)])
+
+
+def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
+    """Every evaluation of a finished trial: student, teacher, temperature scaling, WiSE-FT and spectrum."""
+    config, benchmark = trainer.config, trainer.benchmark
+    sets, n_bins, batch = _evaluation_sets(benchmark), config.eval.n_bins, config.eval.batch_size
+    head = trainer.evaluation_head(trainer.model)
+    logits = {name: predict_logits(trainer.model, head, dataset, batch) for name, dataset in sets.items()}
+    reports = _reports(logits, sets, n_bins)
+    summary = _summary(reports, benchmark)
+    result: dict[str, Any] = {"tests": reports, "teacher": None, "temperature_scaled": None, "wise_ft": []}
+
+    if config.eval.temperature_scaling:
+        temperature = fit_temperature(logits["val"], benchmark.val.labels)
+        scaled = _reports(logits, sets, n_bins, temperature)
+        result["temperature_scaled"] = {"temperature": temperature, "tests": scaled}
+        summary |= {"ts_temperature": temperature} | _summary(scaled, benchmark, prefix="ts_")
+
+    if trainer.teacher is not None:
+        teacher = trainer.teacher.model
+        teacher_head = classifier_head(teacher, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
+        teacher_logits = {name: predict_logits(teacher, teacher_head, d, batch) for name, d in sets.items()}
+        result["teacher"] = {"tests": _reports(teacher_logits, sets, n_bins)}
+        summary |= _summary(result["teacher"]["tests"], benchmark, prefix="teacher_")
+
+    result["wise_ft"] = _wise_ft(trainer, sets)
+
+    id_set = benchmark.tests[benchmark.id_test]
+    pretrained = create_model(config.model.name, None)[0]
+    pretrained.load_state_dict(trainer.pretrained_state)
+    spectra = {
+        "features": f"L2-normalised image embeddings of the ID test set ({benchmark.id_test}), centred",
+        "pretrained": embedding_spectrum(_id_embeddings(pretrained, id_set, batch)),
+        "finetuned": embedding_spectrum(_id_embeddings(trainer.model, id_set, batch)),
+    }
+    result["spectrum"] = spectra
+    summary |= {
+        "sigma_min": spectra["finetuned"]["sigma_min"],
+        "sigma_min_pretrained": spectra["pretrained"]["sigma_min"],
+        "effective_rank": spectra["finetuned"]["effective_rank"],
+    }
+    result["summary"] = summary
+    return result
+
+
+def _wise_ft(trainer: Trainer, sets: dict[str, ImageSet]) -> list[dict]:
+    """WiSE-FT: evaluate (1 - a) * pre-trained + a * fine-tuned weights (head included) for each alpha."""
+    config, benchmark = trainer.config, trainer.benchmark
+    if not config.eval.wise_alphas or not trainer.method.trains:
+        return []
+    finetuned_state = trainer.model.state_dict()
+    mixed = create_model(config.model.name, None)[0]
+    zeroshot_head = None
+    if trainer.method.head == "linear":
+        mixed.load_state_dict(trainer.pretrained_state)
+        zeroshot_head = classifier_head(mixed, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
+    curve = []
+    for alpha in config.eval.wise_alphas:
+        mixed.load_state_dict(interpolate_weights(trainer.pretrained_state, finetuned_state, alpha))
+        if zeroshot_head is None:
+            head = trainer.evaluation_head(mixed)
+        else:
+            head = torch.nn.Linear(trainer.head.in_features, trainer.head.out_features)
+            head.load_state_dict(interpolate_weights(zeroshot_head.state_dict(), trainer.head.state_dict(), alpha))
+        logits = {name: predict_logits(mixed, head, d, config.eval.batch_size) for name, d in sets.items()}
+        reports = _reports(logits, sets, config.eval.n_bins)
+        compact = {name: {k: r[k] for k in ("acc", "ece", "nll")} for name, r in reports.items()}
+        curve.append({"alpha": alpha, "summary": _summary(reports, benchmark), "tests": compact})
+    return curve
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+
+    return {"harness": harness.__version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _base_record(config: RunConfig, run_dir: Path) -> RunRecord:
+    return {
+        "schema": SCHEMA,
+        "status": "running",
+        "error": None,
+        "config": config.model_dump(mode="json"),
+        "config_digest": config_hash(config),
+        "method": config.method,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "paths": {"run_dir": str(run_dir), "record": str(run_dir / "record.json")},
+    }
+
+
+def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
+    """The existing successful record of this exact config, if any; another config's record is an error."""
+    import json
+
+    path = run_dir / "record.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("config_digest") != config_hash(config):
+        raise UsageError(f"{run_dir} holds another trial (config digest {record.get('config_digest')}); use another run_dir")
+    return record if record.get("status") == "ok" else None
+
+
+def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bool = True) -> RunRecord:
+    """Run (or resume, or return the finished record of) one trial; always leaves a record.json.
+
+    Bad input (``UsageError``) propagates; any other error is recorded as ``status: failed``.
+    """
+    run_dir = resolve_run_dir(config)
+    finished = _finished_record(run_dir, config)
+    if finished is not None:
+        return finished
+    require_known_model(config.model.name)
+    require_known_benchmark(config.data.benchmark)
+    _seed_everything(config.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _base_record(config, run_dir)
+    benchmark = load_benchmark(config.data.benchmark, progress=progress)
+    record |= {"benchmark": benchmark.name, "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests}
+    trainer = Trainer(config, benchmark, run_dir, callbacks or TrainCallbacks())
+    started = time.perf_counter()
+    try:
+        record["resumed_from_step"] = trainer.step if trainer.load_checkpoint() else None
+        trainer.train(progress)
+        train_seconds = time.perf_counter() - started
+        evaluation = evaluate_trial(trainer)
+        paths = _save_weights(trainer, run_dir)
+    except UsageError:
+        raise
+    except Exception as exc:  # the trial failed; say why, keep the checkpoint for a later resume
+        record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "failed_at_step": trainer.step}
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        record["paths"]["error"] = str(run_dir / "error.txt")
+        atomic_write_json(record, run_dir / "record.json")
+        return record
+    step_seconds = trainer.step_seconds
+    record |= evaluation | {
+        "status": "ok",
+        "history": trainer.history,
+        "timings": {
+            "train_s": train_seconds,
+            "eval_s": time.perf_counter() - started - train_seconds,
+            "steps": trainer.total_steps,
+            "step_s_median": statistics.median(step_seconds) if step_seconds else None,
+        },
+    }
+    record["paths"] |= paths
+    atomic_write_json(record, run_dir / "record.json")
+    trainer.checkpoint_path.unlink(missing_ok=True)  # the final weights supersede it
+    return record
+
+
+def _save_weights(trainer: Trainer, run_dir: Path) -> dict[str, str]:
+    paths = {"model": str(atomic_torch_save(trainer.model.state_dict(), run_dir / "model.pt"))}
+    if trainer.method.head == "linear":
+        paths["head"] = str(atomic_torch_save(trainer.head.state_dict(), run_dir / "head.pt"))
+    if trainer.teacher is not None:
+        paths["teacher"] = str(atomic_torch_save(trainer.teacher.state_dict(), run_dir / "teacher.pt"))
+    return paths
+
+
+def format_record(record: RunRecord) -> str:
+    """The result table of a finished trial (student; teacher and temperature-scaled ECE when present)."""
+    lines = [format_table(record["tests"], record["id_test"])]
+    summary = record["summary"]
+    lines.append(
+        f"summary: val acc {summary['val_acc']:.2%} | ID acc {summary['id_acc']:.2%} ECE {summary['id_ece']:.4f}"
+        f" | OOD acc {summary['ood_acc']:.2%} ECE {summary['ood_ece']:.4f} | sigma_min {summary['sigma_min']:.3g}"
+        f" (pre-trained {summary['sigma_min_pretrained']:.3g})"
+    )
+    if "ts_temperature" in summary:
+        lines.append(f"temperature scaling: T={summary['ts_temperature']:.3f}, ID ECE {summary['ts_id_ece']:.4f},"
+                     f" OOD ECE {summary['ts_ood_ece']:.4f}")
+    if "teacher_id_acc" in summary:
+        lines.append(f"EMA teacher: ID acc {summary['teacher_id_acc']:.2%} ECE {summary['teacher_id_ece']:.4f},"
+                     f" OOD acc {summary['teacher_ood_acc']:.2%} ECE {summary['teacher_ood_ece']:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, "run config")
+    config_path, overrides = config_arguments(parser.parse_args(argv))
+    config = load_run_config(config_path, overrides)
+    record = run(config)
+    if record["status"] != "ok":
+        print(f"trial failed: {record['error']} (see {record['paths']['error']})")
+        return 1
+    print(format_record(record))
+    print(f"record: {record['paths']['record']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

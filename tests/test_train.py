@@ -1,0 +1,172 @@
+import json
+import math
+
+import pytest
+import torch
+
+from harness.config import load_run_config
+from harness.errors import UsageError
+from harness.evaluate import evaluate_zeroshot
+from harness.models import create_model
+from harness.train import TrainCallbacks, main, run
+
+FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500"]
+CAROT = ["method=carot", "loss.sd_weight=1.0", "loss.oc_weight=0.2", "loss.cross_weight=0.05", "ema.period=3"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random 'pre-trained' weights of the tiny model: no pretraining needed to test the trainer."""
+    torch.manual_seed(0)
+    model, _ = create_model("digit-vit-t", None)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _config(weights, run_dir, *overrides):
+    return load_run_config(None, [*FAST, f"model.pretrained={weights}", f"run_dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def carot_record(digitshift, weights, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("carot")
+    return run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,1.0]"), progress=False)
+
+
+def _comparable(record):
+    return {k: v for k, v in record["summary"].items()}
+
+
+def test_carot_record_is_complete(carot_record, digitshift):
+    record = carot_record
+    assert record["status"] == "ok" and record["schema"] == 1
+    assert list(record["tests"]) == ["val", *digitshift.tests]
+    for report in record["tests"].values():
+        assert {"acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "n", "reliability"} <= set(report)
+    for key in ("val_acc", "val_ece", "val_nll", "id_acc", "id_ece", "ood_acc", "ood_ece", "sigma_min",
+                "ts_temperature", "teacher_id_acc"):
+        assert math.isfinite(record["summary"][key]), key
+    ood = [record["tests"][name]["acc"] for name in digitshift.ood_tests]
+    assert record["summary"]["ood_acc"] == pytest.approx(sum(ood) / len(ood))
+    assert record["summary"]["id_acc"] == record["tests"]["mnist"]["acc"]
+    assert record["config"]["loss"]["cross_weight"] == 0.05
+    assert record["timings"]["steps"] == 20
+    for key in ("model", "teacher"):
+        state = torch.load(record["paths"][key], weights_only=True)
+        assert "visual.proj" in state
+    saved = json.loads(open(record["paths"]["record"]).read())
+    assert saved["summary"] == record["summary"]
+
+
+def test_temperature_scaling_keeps_accuracy(carot_record):
+    scaled = carot_record["temperature_scaled"]
+    assert scaled["temperature"] > 0
+    for name, report in carot_record["tests"].items():
+        assert scaled["tests"][name]["acc"] == report["acc"]
+    assert scaled["tests"]["val"]["nll"] <= carot_record["tests"]["val"]["nll"] + 1e-9
+
+
+def test_wise_ft_endpoints(carot_record, digitshift, weights):
+    start, end = carot_record["wise_ft"]
+    assert end["alpha"] == 1.0
+    for name, report in carot_record["tests"].items():
+        assert end["tests"][name]["acc"] == pytest.approx(report["acc"])
+    model, tokenizer = create_model("digit-vit-t", str(weights))
+    zeroshot = evaluate_zeroshot(model, tokenizer, digitshift)
+    for name, report in zeroshot.items():
+        assert start["tests"][name]["acc"] == pytest.approx(report["acc"])
+
+
+def test_same_config_same_metrics(carot_record, weights, tmp_path):
+    again = run(_config(weights, tmp_path / "again", *CAROT, "eval.wise_alphas=[0.0,1.0]"), progress=False)
+    assert _comparable(again) == _comparable(carot_record)
+
+
+class _KillAt(TrainCallbacks):
+    def __init__(self, step):
+        self.kill_step = step
+
+    def on_step(self, step, losses, lr):
+        if step == self.kill_step:
+            raise KeyboardInterrupt
+
+
+def test_killed_run_resumes_to_the_same_result(carot_record, weights, tmp_path):
+    config = _config(weights, tmp_path / "resumed", *CAROT, "eval.wise_alphas=[0.0,1.0]", "optim.checkpoint_every=7")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, callbacks=_KillAt(12), progress=False)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 7
+    record = run(config, progress=False)
+    assert record["resumed_from_step"] == 7
+    assert _comparable(record) == _comparable(carot_record)
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def test_lpft_resumes_across_its_stage_boundary(weights, tmp_path):
+    overrides = ["method=lpft", "optim.lp_epochs=1", "optim.checkpoint_every=20", "eval.temperature_scaling=false"]
+    reference = run(_config(weights, tmp_path / "whole", *overrides), progress=False)
+    config = _config(weights, tmp_path / "cut", *overrides)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, callbacks=_KillAt(25), progress=False)  # checkpoint at step 20 = end of the LP stage
+    record = run(config, progress=False)
+    assert record["resumed_from_step"] == 20 and record["timings"]["steps"] == 40
+    assert _comparable(record) == _comparable(reference)
+
+
+class _Counter(TrainCallbacks):
+    steps = 0
+
+    def on_step(self, step, losses, lr):
+        self.steps += 1
+
+
+def test_finished_run_is_not_repeated_and_run_dirs_are_not_shared(carot_record, weights):
+    run_dir = carot_record["paths"]["run_dir"]
+    counter = _Counter()
+    again = run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,1.0]"), callbacks=counter, progress=False)
+    assert counter.steps == 0 and again["summary"] == carot_record["summary"]
+    with pytest.raises(UsageError, match="another trial"):
+        run(_config(weights, run_dir, "method=flyp"), progress=False)
+
+
+def _state(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("method, visual_moves, text_moves", [("lp", False, False), ("ft", True, False), ("flyp", True, True)])
+def test_each_method_trains_what_it_should(weights, tmp_path, method, visual_moves, text_moves):
+    record = run(_config(weights, tmp_path / method, f"method={method}", "eval.temperature_scaling=false"), progress=False)
+    assert record["status"] == "ok"
+    before, after = _state(weights), _state(record["paths"]["model"])
+    assert (not torch.equal(before["visual.proj"], after["visual.proj"])) == visual_moves
+    assert (not torch.equal(before["text_projection"], after["text_projection"])) == text_moves
+    if method == "lp":
+        head = _state(record["paths"]["head"])
+        assert head["weight"].shape == (10, before["visual.proj"].shape[1])
+
+
+def test_zeroshot_method_equals_zeroshot_evaluation(digitshift, weights, tmp_path):
+    record = run(_config(weights, tmp_path / "zs", "method=zeroshot"), progress=False)
+    model, tokenizer = create_model("digit-vit-t", str(weights))
+    for name, report in evaluate_zeroshot(model, tokenizer, digitshift).items():
+        assert record["tests"][name]["acc"] == report["acc"]
+        assert record["tests"][name]["ece"] == pytest.approx(report["ece"])
+
+
+def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys):
+    state = _state(weights)
+    state["logit_scale"] = torch.tensor(float("nan"))
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    code = main([*FAST, f"model.pretrained={broken}", "method=flyp", f"run_dir={tmp_path / 'nan'}"])
+    assert code == 1
+    record = json.loads((tmp_path / "nan" / "record.json").read_text())
+    assert record["status"] == "failed" and "non-finite loss at step 0" in record["error"]
+    assert "trial failed" in capsys.readouterr().out
+
+
+def test_cli_prints_the_result_table(weights, tmp_path, capsys):
+    assert main([*FAST, f"model.pretrained={weights}", "method=ft", f"run_dir={tmp_path / 'cli'}"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist (ID)" in out and "summary:" in out and "record:" in out
