@@ -13,6 +13,7 @@ run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derive
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import subprocess
@@ -423,8 +424,6 @@ def _base_record(config: RunConfig, run_dir: Path) -> RunRecord:
 
 def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
     """The existing successful record of this exact config, if any; another config's record is an error."""
-    import json
-
     path = run_dir / "record.json"
     if not path.exists():
         return None

@@ -34,10 +34,6 @@ def carot_record(digitshift, weights, tmp_path_factory):
     return run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,1.0]"), progress=False)
 
 
-def _comparable(record):
-    return {k: v for k, v in record["summary"].items()}
-
-
 def test_carot_record_is_complete(carot_record, digitshift):
     record = carot_record
     assert record["status"] == "ok" and record["schema"] == 1
@@ -80,7 +76,7 @@ def test_wise_ft_endpoints(carot_record, digitshift, weights):
 
 def test_same_config_same_metrics(carot_record, weights, tmp_path):
     again = run(_config(weights, tmp_path / "again", *CAROT, "eval.wise_alphas=[0.0,1.0]"), progress=False)
-    assert _comparable(again) == _comparable(carot_record)
+    assert again["summary"] == carot_record["summary"]
 
 
 class _KillAt(TrainCallbacks):
@@ -99,7 +95,7 @@ def test_killed_run_resumes_to_the_same_result(carot_record, weights, tmp_path):
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 7
     record = run(config, progress=False)
     assert record["resumed_from_step"] == 7
-    assert _comparable(record) == _comparable(carot_record)
+    assert record["summary"] == carot_record["summary"]
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
 
 
@@ -111,7 +107,7 @@ def test_lpft_resumes_across_its_stage_boundary(weights, tmp_path):
         run(config, callbacks=_KillAt(25), progress=False)  # checkpoint at step 20 = end of the LP stage
     record = run(config, progress=False)
     assert record["resumed_from_step"] == 20 and record["timings"]["steps"] == 40
-    assert _comparable(record) == _comparable(reference)
+    assert record["summary"] == reference["summary"]
 
 
 class _Counter(TrainCallbacks):
@@ -152,6 +148,25 @@ def test_zeroshot_method_equals_zeroshot_evaluation(digitshift, weights, tmp_pat
     for name, report in evaluate_zeroshot(model, tokenizer, digitshift).items():
         assert record["tests"][name]["acc"] == report["acc"]
         assert record["tests"][name]["ece"] == pytest.approx(report["ece"])
+    assert record["summary"]["sigma_min"] == record["summary"]["sigma_min_pretrained"]
+    assert record["wise_ft"] == [] and record["timings"]["steps"] == 0
+
+
+class _EpochLog(TrainCallbacks):
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch(self, epoch, metrics):
+        self.epochs.append((epoch, metrics["val_acc"]))
+
+
+def test_per_epoch_validation_reaches_history_and_callbacks(weights, tmp_path):
+    log = _EpochLog()
+    config = _config(weights, tmp_path / "epochs", "method=ft", "optim.epochs=2", "eval.every_epoch=true")
+    record = run(config, callbacks=log, progress=False)
+    assert [h["epoch"] for h in record["history"]] == [1, 2] == [e for e, _ in log.epochs]
+    assert [h["step"] for h in record["history"]] == [20, 40]
+    assert record["history"][-1]["val_acc"] == record["summary"]["val_acc"]  # last epoch = final model
 
 
 def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys):

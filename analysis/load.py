@@ -1,0 +1,148 @@
+"""Read trial records into tidy pandas frames.
+
+Inputs, any mix of:
+- a sweep output directory with ``results.jsonl`` (one JSON object per finished trial:
+  ``trial``, ``state``, ``params``, ``seed``, ``summary``, ``record`` = path of its record.json,
+  relative paths taken from the results file's directory);
+- a directory holding ``record.json`` files at any depth (single runs of ``harness.train``).
+
+Outputs (``Results``): ``trials``, one row per trial (identity, config keys that vary across the
+loaded trials, summary metrics); ``sets``, one row per trial x evaluated set (all metrics);
+``records``, the parsed records by trial id (reliability bins, WiSE-FT curves, spectra).
+A line that is not valid JSON is reported with its file and line number and skipped; a results
+file still being written yields what is there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+RESULTS_FILE = "results.jsonl"
+RECORD_FILE = "record.json"
+# Config keys that never define a variant: they differ between seeds or runs of one variant.
+_NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.batch_size", "data.num_workers", "optim.checkpoint_every")
+METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "confidence", "n")
+
+
+class NoResultsError(ValueError):
+    """Nothing to analyse in the given paths (the CLI exits 2)."""
+
+
+@dataclass
+class Results:
+    trials: pd.DataFrame
+    sets: pd.DataFrame
+    records: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # corrupt lines, missing records, failed trials
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON ({exc.msg}); skipped")
+    return rows
+
+
+def _record_entries(root: Path, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
+    """(trial id, results line or {}, record) for every trial found under ``root``."""
+    results = root / RESULTS_FILE
+    if results.is_file():
+        sweep = root.name
+        for line in _read_jsonl(results, problems):
+            record = None
+            if line.get("record"):
+                path = Path(line["record"])
+                record = _read_record(path if path.is_absolute() else root / path, problems)
+            yield f"{sweep}/{line.get('trial')}", line | {"sweep": sweep}, record or {}
+        return
+    for path in sorted(root.rglob(RECORD_FILE)):
+        record = _read_record(path, problems)
+        if record is not None:
+            yield str(path.parent), {"sweep": root.name}, record
+
+
+def _read_record(path: Path, problems: list[str]) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        problems.append(f"{path}: record missing; trial skipped")
+    except json.JSONDecodeError as exc:
+        problems.append(f"{path}: not valid JSON ({exc.msg}); trial skipped")
+    return None
+
+
+def _set_role(name: str, record: dict) -> str:
+    if name == "val":
+        return "val"
+    return "id" if name == record.get("id_test") else "ood"
+
+
+def load(paths: Iterable[str | Path]) -> Results:
+    """Load every trial under ``paths`` (sweep output dirs or run dirs)."""
+    problems: list[str] = []
+    trial_rows, set_rows, records = [], [], {}
+    for root in map(Path, paths):
+        if not root.exists():
+            raise NoResultsError(f"{root}: no such directory")
+        for trial_id, line, record in _record_entries(root, problems):
+            status = record.get("status") or str(line.get("state", "unknown")).lower()
+            if status != "ok":
+                problems.append(f"{trial_id}: trial {status}" + (f" ({record['error']})" if record.get("error") else ""))
+                continue
+            config = _flatten(record.get("config", {}))
+            trial_rows.append({
+                "trial": trial_id, "sweep": line.get("sweep"), "method": record.get("method"),
+                "seed": config.get("seed"), "config": config, **record.get("summary", {}),
+            })
+            records[trial_id] = record
+            for name, report in record.get("tests", {}).items():
+                set_rows.append({"trial": trial_id, "set": name, "role": _set_role(name, record),
+                                 **{key: report.get(key) for key in METRICS}})
+    if not trial_rows:
+        detail = f" ({len(problems)} problems: {problems[0]} ...)" if problems else ""
+        raise NoResultsError(f"no finished trials in {', '.join(map(str, paths))}{detail}")
+    trials = pd.DataFrame(trial_rows)
+    variant_keys = _varying_keys(trials["config"])
+    trials["variant"] = [_variant_label(row.method, row.config, variant_keys) for row in trials.itertuples()]
+    for key in variant_keys:
+        trials[key] = [config.get(key) for config in trials["config"]]
+    trials = trials.drop(columns="config")
+    sets = pd.DataFrame(set_rows).merge(trials[["trial", "variant", "method", "seed"]], on="trial")
+    return Results(trials=trials, sets=sets, records=records, problems=problems)
+
+
+def _varying_keys(configs: pd.Series) -> list[str]:
+    keys = sorted(set().union(*(config.keys() for config in configs)))
+    varying = []
+    for key in keys:
+        if key == "method" or key.startswith(_NOT_VARIANT_KEYS):
+            continue
+        if len({repr(config.get(key)) for config in configs}) > 1:
+            varying.append(key)
+    return varying
+
+
+def _variant_label(method: str, config: dict, keys: list[str]) -> str:
+    """``method`` plus this trial's values of the keys that vary across trials, e.g. 'carot (sd_weight=0.5)'."""
+    parts = [f"{key.split('.')[-1]}={config.get(key)}" for key in keys if config.get(key) is not None]
+    return f"{method} ({', '.join(parts)})" if parts else method
