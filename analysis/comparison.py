@@ -49,8 +49,8 @@ def tradeoff_figure(results: Results) -> plt.Figure:
     axes[0].set(xlabel="ID accuracy (%)", ylabel="OOD accuracy (%)")
     axes[1].set(xlabel="ID ECE (%)", ylabel="OOD ECE (%)")
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False, bbox_to_anchor=(0.5, 1.08))
-    figure.tight_layout()
+    figure.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     return figure
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
 # Config keys that never define a variant: they differ between seeds or runs of one variant.
-_NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.batch_size", "data.num_workers", "optim.checkpoint_every")
+_NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.", "data.num_workers", "optim.checkpoint_every")
 METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "confidence", "n")
 
 
@@ -122,10 +122,10 @@ def load(paths: Iterable[str | Path]) -> Results:
         detail = f" ({len(problems)} problems: {problems[0]} ...)" if problems else ""
         raise NoResultsError(f"no finished trials in {', '.join(map(str, paths))}{detail}")
     trials = pd.DataFrame(trial_rows)
-    variant_keys = _varying_keys(trials["config"])
-    trials["variant"] = [_variant_label(row.method, row.config, variant_keys) for row in trials.itertuples()]
-    for key in variant_keys:
+    for key in _varying_keys(trials["config"]):  # columns for grouping and sensitivity plots
         trials[key] = [config.get(key) for config in trials["config"]]
+    label_keys = {method: _varying_keys(group) for method, group in trials.groupby("method")["config"]}
+    trials["variant"] = [_variant_label(row.method, row.config, label_keys[row.method]) for row in trials.itertuples()]
     trials = trials.drop(columns="config")
     sets = pd.DataFrame(set_rows).merge(trials[["trial", "variant", "method", "seed"]], on="trial")
     return Results(trials=trials, sets=sets, records=records, problems=problems)
@@ -143,6 +143,6 @@ def _varying_keys(configs: pd.Series) -> list[str]:
 
 
 def _variant_label(method: str, config: dict, keys: list[str]) -> str:
-    """``method`` plus this trial's values of the keys that vary across trials, e.g. 'carot (sd_weight=0.5)'."""
+    """``method`` plus this trial's values of the keys that vary among its method's trials, e.g. 'carot (sd_weight=0.5)'."""
     parts = [f"{key.split('.')[-1]}={config.get(key)}" for key in keys if config.get(key) is not None]
     return f"{method} ({', '.join(parts)})" if parts else method

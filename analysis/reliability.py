@@ -38,7 +38,7 @@ def _panel(axis, bins: dict[str, np.ndarray], ece: float, title: str) -> None:
              edgecolor=colour(3), lw=0.4, hatch="///", label="gap")
     axis.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls="--")
     share = count / count.sum()
-    axis.bar(centres, share * 0.25, width, color="0.6", alpha=0.6, label="share of samples (x4)")
+    axis.bar(centres, share * 0.25, width, color="0.6", alpha=0.6, label="share of samples (×¼)")
     axis.set(xlim=(0, 1), ylim=(0, 1), title=title)
     axis.text(0.04, 0.9, f"ECE {100 * ece:.1f}", transform=axis.transAxes, fontsize=7)
 

@@ -21,8 +21,9 @@ def heatmap_figure(trials: pd.DataFrame) -> plt.Figure:
         axis.set(xlabel="label smoothing ε", ylabel=r"$\lambda_{SD}$", title=title)
         for (i, j), value in np.ndenumerate(grid.to_numpy()):
             if np.isfinite(value):
-                axis.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6,
-                          color="white" if image.norm(value) < 0.5 else "black")
+                red, green, blue, _ = image.cmap(image.norm(value))
+                dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+                axis.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
         figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.tight_layout()
     return figure
@@ -39,6 +40,8 @@ def period_figure(trials: pd.DataFrame) -> plt.Figure:
             axis.errorbar(mean.index, mean[column], yerr=std[column], marker="o", ms=3, capsize=2,
                           color=colour(index), label=role.upper())
         axis.set(xscale="log", xlabel="EMA period (optimizer steps)", ylabel=f"{'accuracy' if kind == 'acc' else 'ECE'} (%)")
+        axis.set_xticks(mean.index, [f"{p:g}" for p in mean.index])
+        axis.minorticks_off()
         axis.legend(frameon=False)
     figure.tight_layout()
     return figure

@@ -8,12 +8,13 @@ from scipy import stats
 
 from analysis.style import COLUMN_WIDTH, colour, plt
 
-PAIRS = (  # (x, y, x label, y label)
-    ("sigma_min", "ood_ece", r"$\sigma_{\min}$ of ID embedding covariance", "OOD ECE"),
-    ("sigma_min", "ood_error", r"$\sigma_{\min}$ of ID embedding covariance", "OOD error"),
-    ("id_ece", "ood_ece", "ID ECE", "OOD ECE"),
-    ("id_ece", "ood_error", "ID ECE", "OOD error"),
+PAIRS = (  # (x, y, x label, y label); ECE and error are plotted in %
+    ("sigma_min", "ood_ece", r"$\sigma_{\min}$ of ID embedding covariance", "OOD ECE (%)"),
+    ("sigma_min", "ood_error", r"$\sigma_{\min}$ of ID embedding covariance", "OOD error (%)"),
+    ("id_ece", "ood_ece", "ID ECE (%)", "OOD ECE (%)"),
+    ("id_ece", "ood_error", "ID ECE (%)", "OOD error (%)"),
 )
+_PERCENT = ("ood_ece", "ood_error", "id_ece")
 
 
 def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -34,10 +35,11 @@ def evidence_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def evidence_figure(trials: pd.DataFrame) -> plt.Figure:
-    """2x2 scatter of the PAIRS, coloured by method, with the fitted line and both correlations."""
+    """2x2 scatter of the PAIRS, coloured by method, with the fitted line; both correlations in each title."""
     data = trials.assign(ood_error=1 - trials["ood_acc"])
+    data[list(_PERCENT)] = data[list(_PERCENT)] * 100
     methods = list(dict.fromkeys(data["method"]))
-    figure, axes = plt.subplots(2, 2, figsize=(2 * COLUMN_WIDTH, 4.4))
+    figure, axes = plt.subplots(2, 2, figsize=(2 * COLUMN_WIDTH, 4.6))
     for axis, (x, y, xlabel, ylabel) in zip(axes.flat, PAIRS):
         for index, method in enumerate(methods):
             part = data[data["method"] == method]
@@ -45,13 +47,13 @@ def evidence_figure(trials: pd.DataFrame) -> plt.Figure:
         fit = correlations(data[x].to_numpy(float), data[y].to_numpy(float))
         grid = np.linspace(data[x].min(), data[x].max(), 50)
         axis.plot(grid, fit["slope"] * grid + fit["intercept"], color="0.3", lw=1, ls="--")
-        axis.set(xlabel=xlabel, ylabel=ylabel)
-        axis.text(0.02, 0.97, f"Pearson r = {fit['pearson_r']:.2f}\nSpearman ρ = {fit['spearman_rho']:.2f}\nn = {fit['n']}",
-                  transform=axis.transAxes, va="top", fontsize=7)
-        axis.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
+        axis.set(xlabel=xlabel, ylabel=ylabel,
+                 title=f"Pearson r = {fit['pearson_r']:.2f}, Spearman ρ = {fit['spearman_rho']:.2f}, n = {fit['n']}")
+        if x == "sigma_min":
+            axis.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="upper center", ncol=min(len(methods), 6), frameon=False, bbox_to_anchor=(0.5, 1.03))
-    figure.tight_layout()
+    figure.legend(handles, labels, loc="upper center", ncol=min(len(methods), 6), frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     return figure
 
 
@@ -61,11 +63,11 @@ def before_after_figure(trials: pd.DataFrame) -> plt.Figure:
     mean, std = grouped.mean(), grouped.std().fillna(0)
     positions = np.arange(len(mean))
     figure, axis = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
-    for offset, column, label, index in ((-0.2, "sigma_min_pretrained", "pre-trained", 7), (0.2, "sigma_min", "fine-tuned", 0)):
-        axis.bar(positions + offset, mean[column], 0.4, yerr=std[column], color=colour(index), label=label, capsize=2)
+    for offset, column, label, fill in ((-0.2, "sigma_min_pretrained", "pre-trained", "0.7"), (0.2, "sigma_min", "fine-tuned", colour(0))):
+        axis.bar(positions + offset, mean[column], 0.4, yerr=std[column], color=fill, label=label, capsize=2)
     axis.set_xticks(positions, mean.index, rotation=30, ha="right")
     axis.set_ylabel(r"$\sigma_{\min}$ (ID embeddings)")
     axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    axis.legend(frameon=False)
+    axis.legend(frameon=False, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.02))
     figure.tight_layout()
     return figure

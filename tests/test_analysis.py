@@ -151,3 +151,15 @@ def test_cli_on_an_empty_directory_exits_2(tmp_path, capsys):
     assert "error: no finished trials" in capsys.readouterr().err
     with pytest.raises(NoResultsError, match="no such directory"):
         load([tmp_path / "absent"])
+
+
+def test_ema_period_curves_are_drawn(tmp_path):
+    import pandas as pd
+
+    from analysis.sensitivity import period_figure
+    from analysis.style import save
+
+    rows = [{"ema.period": p, "ood_acc": 0.6 + 0.01 * s, "ood_ece": 0.05, "id_acc": 0.9, "id_ece": 0.03 + 0.001 * s}
+            for p in (1, 5, 20) for s in range(3)]
+    png, pdf = save(period_figure(pd.DataFrame(rows)), tmp_path, "period")
+    assert _not_blank(png) and pdf.stat().st_size > 1000
