@@ -59,6 +59,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the trial stops and is recorded as failed."""
 
 
+class TrialPruned(Exception):
+    """Raised by a callback (e.g. an Optuna pruner) to stop a trial early; recorded as status 'pruned'."""
+
+
 class TrainCallbacks:
     """Hooks for trackers and pruners; the default does nothing. ``on_epoch`` may raise to stop a trial."""
 
@@ -459,6 +463,10 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
         paths = _save_weights(trainer, run_dir)
     except UsageError:
         raise
+    except TrialPruned:
+        record |= {"status": "pruned", "pruned_at_step": trainer.step, "history": trainer.history}
+        atomic_write_json(record, run_dir / "record.json")
+        return record
     except Exception as exc:  # the trial failed; say why, keep the checkpoint for a later resume
         record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "failed_at_step": trainer.step}
         (run_dir / "error.txt").write_text(traceback.format_exc())

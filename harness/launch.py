@@ -1,0 +1,86 @@
+"""Launching trials with submitit: executors (local processes, in-process debug, SLURM profiles) and the job body.
+
+A job runs ``harness.train.run`` on one trial's config and returns a small dict (status, summary,
+record path, error). With a pruner, the job reports per-epoch validation values to the study's
+storage and stops when Optuna says so. On SLURM, jobs are ``Checkpointable``: on preemption or
+time-out submitit requeues them and ``run`` resumes from the trial's own checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+from pydantic import Field
+
+from harness.config import StrictModel, build
+from harness.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm"
+
+
+class SlurmProfile(StrictModel):
+    """A cluster's resources for one trial; see slurm/README.md."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int = Field(1, ge=1)
+    cpus_per_task: int = Field(2, ge=1)
+    mem_gb: int = Field(8, ge=1)
+    timeout_min: int = Field(60, ge=1)
+    signal_delay_s: int = Field(120, ge=1, description="SIGUSR2 this long before the time limit, to checkpoint")
+    array_parallelism: int = Field(64, ge=1)
+    setup: list[str] = Field(default_factory=list, description="shell lines before the job, e.g. module loads")
+
+
+def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
+    path = Path(name) if name.endswith(".yaml") else folder / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+        raise ConfigError(f"launcher.profile: no SLURM profile {name!r} (available: {available})")
+    return build(SlurmProfile, yaml.safe_load(path.read_text()) or {}, source=str(path))
+
+
+def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None) -> submitit.Executor:
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    if kind == "slurm":
+        p = load_profile(profile or "")
+        extra = {key: value for key, value in (("account", p.account), ("qos", p.qos), ("constraint", p.constraint)) if value}
+        executor.update_parameters(
+            slurm_partition=p.partition, gpus_per_node=p.gpus_per_node, tasks_per_node=p.tasks_per_node,
+            cpus_per_task=p.cpus_per_task, mem_gb=p.mem_gb, timeout_min=p.timeout_min,
+            slurm_signal_delay_s=p.signal_delay_s, slurm_array_parallelism=min(parallelism, p.array_parallelism),
+            slurm_setup=p.setup, slurm_additional_parameters=extra,
+        )
+    else:
+        executor.update_parameters(timeout_min=24 * 60)
+    return executor
+
+
+class TrialJob(submitit.helpers.Checkpointable):
+    """The body of one job; requeued as is on preemption (the trial resumes from its run dir)."""
+
+    def __call__(self, config: dict[str, Any], study: dict[str, Any] | None, threads: int) -> dict[str, Any]:
+        import torch
+
+        from harness.config import RunConfig
+        from harness.tracking import tracker_for
+        from harness.train import run
+
+        torch.set_num_threads(threads)
+        run_config = RunConfig.model_validate(config)
+        callbacks = tracker_for(run_config, study)
+        record = run(run_config, callbacks=callbacks, progress=False)
+        callbacks.finish(record)
+        return {"status": record["status"], "summary": record.get("summary", {}), "error": record.get("error"),
+                "record": record["paths"]["record"], "log": record["paths"].get("error")}
+
+
+def threads_per_job(parallelism: int) -> int:
+    return max(1, (os.cpu_count() or 1) // parallelism)

@@ -1,0 +1,171 @@
+"""The sweep spec (``sweeps/*.yaml``), validated as strictly as run configs, and its trial plan.
+
+A sweep is a base run config, a search space over config keys (plus an optional ``variant``
+dimension of named override sets, for ablation rows), seeds, a sampler, objectives, a launcher,
+a study storage and W&B settings. ``grid_points`` enumerates grid x seeds deterministically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from harness.config import RunConfig, StrictModel, apply_overrides, build, load, read_yaml
+
+VARIANT = "variant"  # the search dimension whose values name override sets in ``variants``
+
+
+class Space(StrictModel):
+    """One search dimension: ``grid`` (exhaustive list), ``choices`` (categorical), or a ``low``..``high`` range."""
+
+    grid: list[Any] | None = None
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Space":
+        kinds = [self.grid is not None, self.choices is not None, self.low is not None or self.high is not None]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of grid, choices, or low and high")
+        if self.grid is not None and not self.grid:
+            raise ValueError("empty grid")
+        if self.choices is not None and not self.choices:
+            raise ValueError("empty choices")
+        if kinds[2]:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError("a range needs low < high")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low > 0")
+        return self
+
+
+class Objective(StrictModel):
+    key: str = Field(description="a key of the record's summary, e.g. val_acc")
+    direction: Literal["maximize", "minimize"]
+
+
+class Sampler(StrictModel):
+    name: Literal["grid", "random", "tpe", "nsga2"] = "grid"
+    seed: int = 0
+
+
+class Pruner(StrictModel):
+    name: Literal["none", "median", "halving", "hyperband"] = "none"
+    metric: Literal["val_acc", "val_ece", "val_nll"] = "val_acc"
+    warmup_epochs: int = Field(1, ge=0)
+
+
+class Launcher(StrictModel):
+    kind: Literal["local", "debug", "slurm"] = "local"
+    parallelism: int = Field(1, ge=1)
+    profile: str | None = Field(None, description="slurm/<profile>.yaml")
+    max_retries: int = Field(2, ge=0, description="re-launches of a trial whose job died or failed")
+
+
+class Tracking(StrictModel):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "carot-harness"
+    entity: str | None = None
+
+
+class SweepSpec(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base: dict[str, Any] | str = Field(default_factory=dict, description="a run config mapping, or a YAML path")
+    overrides: list[str] = Field(default_factory=list)
+    variants: dict[str, list[str]] = Field(default_factory=dict, description="named override sets")
+    search: dict[str, Space] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sampler: Sampler = Sampler()
+    n_trials: int | None = Field(None, ge=1, description="parameter points to sample (non-grid samplers)")
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective(key="val_acc", direction="maximize")],
+                                        min_length=1)
+    pruner: Pruner = Pruner()
+    launcher: Launcher = Launcher()
+    storage: str | None = Field(None, description="null: sqlite in the output dir; journal:PATH; any SQLAlchemy URL")
+    out: str | None = Field(None, description="output dir; null: outputs/<name>")
+    tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepSpec":
+        if VARIANT in self.search and not self.variants:
+            raise ValueError("search.variant needs a variants: mapping of names to overrides")
+        if VARIANT in self.search:
+            values = self.search[VARIANT].grid or self.search[VARIANT].choices or []
+            unknown = [v for v in values if v not in self.variants]
+            if unknown:
+                raise ValueError(f"search.variant names {unknown} missing from variants")
+        if self.sampler.name == "grid":
+            ranges = [key for key, space in self.search.items() if space.grid is None and space.choices is None]
+            if ranges:
+                raise ValueError(f"sampler grid cannot search the ranges {ranges}; give grid lists or use random/tpe")
+        elif self.n_trials is None:
+            raise ValueError(f"sampler {self.sampler.name} needs n_trials")
+        elif not self.search:
+            raise ValueError(f"sampler {self.sampler.name} has nothing to search")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds repeat")
+        return self
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a sweep spec; then check every run config it can produce."""
+    spec = load(SweepSpec, path, overrides)
+    folder = Path(path).parent
+    base_config(spec, folder)
+    for params in _probe_points(spec):  # every config the sweep can produce must validate before any job starts
+        trial_config(spec, params, spec.seeds[0], Path("."), folder)
+    return spec
+
+
+def _probe_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    if spec.sampler.name == "grid":
+        return [params for params, seed in grid_points(spec) if seed == spec.seeds[0]]
+    probes = []
+    for key, space in spec.search.items():
+        values = space.grid or space.choices or [space.low, space.high]
+        probes += [{key: int(v) if space.integer else v} for v in values]
+    return probes
+
+
+def _base_data(spec: SweepSpec, folder: Path) -> dict[str, Any]:
+    if isinstance(spec.base, str):
+        base_path = Path(spec.base)
+        return read_yaml(base_path if base_path.is_absolute() else folder / base_path)
+    return dict(spec.base)
+
+
+def base_config(spec: SweepSpec, folder: Path) -> RunConfig:
+    return build(RunConfig, apply_overrides(_base_data(spec, folder), spec.overrides), source=f"{spec.name} base")
+
+
+def trial_config(spec: SweepSpec, params: dict[str, Any], seed: int, run_dir: Path, folder: Path) -> RunConfig:
+    """The run config of one trial: base ⊕ overrides ⊕ variant ⊕ searched params ⊕ seed and run dir."""
+    overrides = list(spec.overrides)
+    if VARIANT in params:
+        overrides += spec.variants[params[VARIANT]]
+    overrides += [f"{key}={json.dumps(value)}" for key, value in params.items() if key != VARIANT]
+    overrides += [f"seed={seed}", f"run_dir={run_dir}", f"tracking.mode={spec.tracking.mode}",
+                  f"tracking.project={spec.tracking.project}"]
+    data = apply_overrides(_base_data(spec, folder), overrides)
+    label = ", ".join(f"{k}={v}" for k, v in params.items())
+    return build(RunConfig, data, source=f"{spec.name} trial ({label})")
+
+
+def grid_points(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
+    """Every (params, seed) of a grid sweep, in a fixed order: the grid's product, each with every seed."""
+    keys = list(spec.search)
+    values = [spec.search[k].grid if spec.search[k].grid is not None else spec.search[k].choices for k in keys]
+    return [(dict(zip(keys, combo)), seed) for combo in itertools.product(*values) for seed in spec.seeds]
+
+
+def point_key(params: dict[str, Any], seed: int) -> str:
+    """A stable name of one trial point, stored in the study to find it again on resume."""
+    items = ", ".join(f"{k}={params[k]!r}" for k in sorted(params))
+    return f"{items} | seed={seed}"

@@ -1,0 +1,87 @@
+"""The Optuna side of a sweep: storages, samplers, pruners, and creating or re-opening a study safely."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from harness.errors import UsageError
+from harness.spec import SweepSpec
+
+# What defines a sweep's trials; a study of the same name with another digest is a clash.
+_DIGEST_KEYS = ("base", "overrides", "variants", "search", "seeds", "sampler", "objectives")
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
+    """``journal:PATH`` -> a JournalFileBackend (shared filesystems); anything else is an SQLAlchemy URL."""
+    if storage.startswith("journal:"):
+        path = Path(storage.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.RDBStorage(storage, heartbeat_interval=None)
+    except Exception as exc:  # SQLAlchemy raises many kinds for bad URLs and unreachable servers
+        raise UsageError(f"storage {storage!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    seed = spec.sampler.seed
+    if spec.sampler.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if spec.sampler.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid points are enqueued; random fills anything else
+
+
+def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    name, warmup = spec.pruner.name, spec.pruner.warmup_epochs
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=warmup)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup))
+    return optuna.pruners.NopPruner()
+
+
+def spec_digest(spec: SweepSpec) -> str:
+    payload = json.dumps({k: v for k, v in spec.model_dump(mode="json").items() if k in _DIGEST_KEYS}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
+    """Create the study named after the sweep, or re-open it; a different sweep under the same name is refused."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = open_storage(storage)
+    directions = [objective.direction for objective in spec.objectives]
+    digest = spec_digest(spec)
+    try:
+        existing = optuna.load_study(study_name=spec.name, storage=backend)
+    except KeyError:
+        existing = None
+    except Exception as exc:
+        raise UsageError(f"storage {storage!r} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if existing is not None:
+        if existing.user_attrs.get("spec_digest") != digest or [d.name.lower() for d in existing.directions] != directions:
+            raise UsageError(f"a different study named {spec.name!r} already exists in {storage}; rename the sweep "
+                             "or use another storage (nothing was changed)")
+    study = optuna.create_study(study_name=spec.name, storage=backend, directions=directions, load_if_exists=True,
+                                sampler=_sampler(spec), pruner=_pruner(spec))
+    if existing is None:
+        study.set_user_attr("spec_digest", digest)
+    return study
+
+
+def objective_values(spec: SweepSpec, summary: dict[str, Any]) -> list[float]:
+    missing = [o.key for o in spec.objectives if o.key not in summary]
+    if missing:
+        raise KeyError(f"objectives {missing} not in the record's summary")
+    return [float(summary[o.key]) for o in spec.objectives]

@@ -1,0 +1,91 @@
+"""What a trial reports while it runs: W&B (offline by default) and, in sweeps with a pruner, Optuna.
+
+The local record.json stays the source of truth; W&B mirrors it. One W&B run per trial, grouped
+by sweep, its id kept in the run dir so a requeued trial continues the same run. Nothing from the
+environment (API keys, tokens) is logged: only the run config and metrics.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig
+from harness.train import TrainCallbacks, TrialPruned, resolve_run_dir
+
+
+_BIN_COLUMNS = ("lower", "upper", "count", "confidence", "accuracy")
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
+class TrialCallbacks(TrainCallbacks):
+    """Per-step losses and per-epoch validation to W&B; per-epoch values to an Optuna pruner."""
+
+    def __init__(self, wandb_run: Any = None, pruning_trial: Any = None, prune_metric: str = "val_acc"):
+        self.wandb_run, self.pruning_trial, self.prune_metric = wandb_run, pruning_trial, prune_metric
+
+    def on_step(self, step: int, losses: dict[str, float], lr: float) -> None:
+        if self.wandb_run is not None and step % 5 == 0:
+            self.wandb_run.log({**{f"train/{k}": v for k, v in losses.items()}, "train/lr": lr}, step=step)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.log({f"epoch/{k}": v for k, v in metrics.items()}, step=metrics["step"])
+        if self.pruning_trial is not None:
+            self.pruning_trial.report(metrics[self.prune_metric], epoch)
+            if self.pruning_trial.should_prune():
+                raise TrialPruned(f"pruned at epoch {epoch}")
+
+    def finish(self, record: dict[str, Any]) -> None:
+        if self.wandb_run is None:
+            return
+        self.wandb_run.summary.update({"status": record["status"], **record.get("summary", {})})
+        import wandb
+
+        for name, report in record.get("tests", {}).items():
+            bins = report["reliability"]
+            table = wandb.Table(columns=list(_BIN_COLUMNS), data=[list(row) for row in zip(*(bins[k] for k in _BIN_COLUMNS))])
+            self.wandb_run.log({f"reliability/{name}": table, f"test/{name}/acc": report["acc"],
+                                f"test/{name}/ece": report["ece"]})
+        self.wandb_run.finish()
+
+
+def _wandb_run(config: RunConfig, group: str | None, folder: Path) -> Any:
+    import wandb
+
+    run_dir = resolve_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=config.tracking.project, entity=config.tracking.entity, group=group,
+                      job_type=config.method, config=_flatten(config.model_dump(mode="json")), dir=str(folder),
+                      id=run_id, resume="allow", mode=config.tracking.mode, name=run_dir.name, reinit="finish_previous")
+
+
+def _pruning_trial(study: dict[str, Any]) -> Any:
+    import optuna
+
+    from harness.study import open_storage
+
+    loaded = optuna.load_study(study_name=study["name"], storage=open_storage(study["storage"]))
+    trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, study["trial_number"])
+    return optuna.trial.Trial(loaded, trial_id)
+
+
+def tracker_for(config: RunConfig, study: dict[str, Any] | None) -> TrialCallbacks:
+    """The callbacks of one sweep trial (``study``: name, storage, trial number, pruner metric, wandb dir)."""
+    study = study or {}
+    wandb_run = None
+    if config.tracking.mode != "disabled":
+        wandb_run = _wandb_run(config, study.get("sweep"), Path(study.get("wandb_dir") or resolve_run_dir(config)))
+    pruning = _pruning_trial(study) if study.get("prune_metric") else None
+    return TrialCallbacks(wandb_run, pruning, study.get("prune_metric") or "val_acc")

@@ -1,0 +1,158 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from harness.errors import ConfigError
+from harness.models import create_model
+from harness.spec import grid_points, load_spec
+from harness.sweep import main as sweep_main
+
+TINY = {"model": {"name": "digit-vit-t", "pretrained": None},
+        "optim": {"epochs": 1, "batch_size": 200, "warmup_steps": 2}, "eval": {"batch_size": 500}}
+
+
+def _spec(tmp_path, name="s", **fields):
+    data = {"name": name, "base": TINY, "search": {"method": {"grid": ["flyp", "ft"]}}, "seeds": [0],
+            "launcher": {"kind": "local", "parallelism": 2}, "tracking": {"mode": "disabled"},
+            "out": str(tmp_path / "out"), **fields}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _results(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _study(out, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_grid_points_cross_seeds(tmp_path):
+    spec = load_spec(_spec(tmp_path, search={"method": {"grid": ["flyp", "carot"]},
+                                             "loss.label_smoothing": {"grid": [0.0, 0.1]}}, seeds=[0, 1]))
+    points = grid_points(spec)
+    assert len(points) == 8
+    assert points[:2] == [({"method": "flyp", "loss.label_smoothing": 0.0}, 0),
+                          ({"method": "flyp", "loss.label_smoothing": 0.0}, 1)]
+    assert len({json.dumps(p, sort_keys=True) + str(s) for p, s in points}) == 8
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"search": {"loss.sd_weight": {"low": 2.0, "high": 1.0}}, "sampler": {"name": "random"}, "n_trials": 2},
+     "low < high"),
+    ({"search": {"method": {"grid": []}}}, "empty grid"),
+    ({"search": {"method": {"grid": ["flyp", "sgd"]}}}, "method"),
+    ({"search": {"loss.sd_weight": {"low": 0.1, "high": 1.0}}}, "sampler grid cannot search the ranges"),
+    ({"search": {"optim.lrr": {"grid": [1e-3]}}}, "optim.lrr: unknown key"),
+    ({"launcher": {"kind": "slurm", "profile": "no-such-cluster"}}, "no SLURM profile 'no-such-cluster'"),
+])
+def test_bad_specs_exit_2_before_anything_starts(tmp_path, capsys, fields, words):
+    path = _spec(tmp_path, **fields)
+    with pytest.raises(SystemExit) as exit_info:
+        from harness.cli import run_cli
+
+        run_cli(sweep_main, [str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "out" / "study.db").exists()
+
+
+def test_dry_run_launches_nothing(tmp_path, capsys):
+    assert sweep_main([str(_spec(tmp_path)), "--dry-run", "--parallelism", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials, launcher local (parallelism 3)" in out and "method='ft' | seed=0" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, private_cache):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    path = _spec(tmp_path, name="local")
+    assert sweep_main([str(path)]) == 0
+    return tmp_path, path
+
+
+def test_local_sweep_end_to_end(finished_sweep):
+    tmp_path, _ = finished_sweep
+    out = tmp_path / "out"
+    lines = _results(out)
+    assert sorted(line["params"]["method"] for line in lines) == ["flyp", "ft"]
+    assert all(line["state"] == "COMPLETE" and line["values"] == [line["summary"]["val_acc"]] for line in lines)
+    for line in lines:
+        record = json.loads((out / line["record"]).read_text())
+        assert record["status"] == "ok" and record["method"] == line["params"]["method"]
+        assert record["summary"]["val_acc"] == line["summary"]["val_acc"]
+
+
+def test_rerunning_a_finished_sweep_repeats_nothing(finished_sweep, capsys):
+    tmp_path, path = finished_sweep
+    out = tmp_path / "out"
+    assert sweep_main([str(path)]) == 0
+    assert len(_results(out)) == 2 and len(_study(out, "local").trials) == 2
+    assert "method=flyp" in capsys.readouterr().out
+
+
+def test_a_different_sweep_under_the_same_name_is_refused(finished_sweep, capsys):
+    tmp_path, path = finished_sweep
+    data = yaml.safe_load(path.read_text())
+    data["seeds"] = [0, 1]
+    path.with_name("changed.yaml").write_text(yaml.safe_dump(data))
+    from harness.cli import run_cli
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(sweep_main, [str(path.with_name("changed.yaml"))])
+    assert info.value.code == 2
+    assert "a different study named 'local' already exists" in capsys.readouterr().err
+    assert len(_results(tmp_path / "out")) == 2
+
+
+def test_failing_trial_is_recorded_retried_and_named(tmp_path, capsys):
+    torch.manual_seed(0)
+    model, _ = create_model("digit-vit-t", None)
+    state = model.state_dict()
+    state["logit_scale"] = torch.tensor(float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    path = _spec(tmp_path, name="failing", variants={"broken": [f"model.pretrained={tmp_path / 'nan.pt'}"], "fine": []},
+                 search={"variant": {"grid": ["broken", "fine"]}, "method": {"grid": ["flyp"]}},
+                 launcher={"kind": "local", "parallelism": 2, "max_retries": 1})
+    assert sweep_main([str(path)]) == 1
+    lines = _results(tmp_path / "out")
+    broken = [line for line in lines if line["params"]["variant"] == "broken"]
+    assert [line["state"] for line in broken] == ["FAIL", "FAIL"]  # first try + one retry
+    assert "non-finite loss" in broken[0]["error"]
+    assert [line["state"] for line in lines if line["params"]["variant"] == "fine"] == ["COMPLETE"]
+    assert "failed trials: trial" in capsys.readouterr().out
+
+
+def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
+    path = _spec(tmp_path, name="killed", search={"method": {"grid": ["flyp", "ft", "lp"]}},
+                 launcher={"kind": "local", "parallelism": 1})
+    out = tmp_path / "out"
+    env = {**os.environ}
+    driver = subprocess.Popen([sys.executable, "-m", "harness.sweep", str(path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((out / "results.jsonl").exists() and _results(out)):
+        time.sleep(0.5)
+    assert _results(out), "the first trial did not finish in time"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert sweep_main([str(path)]) == 0
+    lines = _results(out)
+    complete = [line for line in lines if line["state"] == "COMPLETE"]
+    assert sorted(line["params"]["method"] for line in complete) == ["flyp", "ft", "lp"]
+    assert len({line["trial"] for line in lines}) == len(lines)
+    states = [t.state.name for t in _study(out, "killed").trials]
+    assert states.count("COMPLETE") == 3
