@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Results
-from analysis.style import COLUMN_WIDTH, colour, plt
+from analysis.style import COLUMN_WIDTH, colour, figure_legend, plt
 
 
 def headline_figure(trials: pd.DataFrame) -> plt.Figure:
@@ -49,8 +49,7 @@ def tradeoff_figure(results: Results) -> plt.Figure:
     axes[0].set(xlabel="ID accuracy (%)", ylabel="OOD accuracy (%)")
     axes[1].set(xlabel="ID ECE (%)", ylabel="OOD ECE (%)")
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), frameon=False)
-    figure.tight_layout(rect=(0, 0, 1, 0.9))
+    figure_legend(figure, handles, labels)
     return figure
 
 

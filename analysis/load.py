@@ -3,7 +3,8 @@
 Inputs, any mix of:
 - a sweep output directory with ``results.jsonl`` (one JSON object per finished trial:
   ``trial``, ``state``, ``params``, ``seed``, ``summary``, ``record`` = path of its record.json,
-  relative paths taken from the results file's directory);
+  relative paths taken from the results file's directory); a ``variant`` param (the sweep's
+  named override sets, e.g. ablation rows) names the trial's row in tables and figures;
 - a directory holding ``record.json`` files at any depth (single runs of ``harness.train``).
 
 Outputs (``Results``): ``trials``, one row per trial (identity, config keys that vary across the
@@ -112,6 +113,7 @@ def load(paths: Iterable[str | Path]) -> Results:
             config = _flatten(record.get("config", {}))
             trial_rows.append({
                 "trial": trial_id, "sweep": line.get("sweep"), "method": record.get("method"),
+                "named_variant": (line.get("params") or {}).get("variant"),
                 "seed": config.get("seed"), "config": config, **record.get("summary", {}),
             })
             records[trial_id] = record
@@ -125,8 +127,9 @@ def load(paths: Iterable[str | Path]) -> Results:
     for key in _varying_keys(trials["config"]):  # columns for grouping and sensitivity plots
         trials[key] = [config.get(key) for config in trials["config"]]
     label_keys = {method: _varying_keys(group) for method, group in trials.groupby("method")["config"]}
-    trials["variant"] = [_variant_label(row.method, row.config, label_keys[row.method]) for row in trials.itertuples()]
-    trials = trials.drop(columns="config")
+    trials["variant"] = [row.named_variant or _variant_label(row.method, row.config, label_keys[row.method])
+                         for row in trials.itertuples()]
+    trials = trials.drop(columns=["config", "named_variant"])
     sets = pd.DataFrame(set_rows).merge(trials[["trial", "variant", "method", "seed"]], on="trial")
     return Results(trials=trials, sets=sets, records=records, problems=problems)
 

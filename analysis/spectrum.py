@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.style import COLUMN_WIDTH, colour, plt
+from analysis.style import COLUMN_WIDTH, PALETTE, colour, figure_legend, plt
 
 PAIRS = (  # (x, y, x label, y label); ECE and error are plotted in %
     ("sigma_min", "ood_ece", r"$\sigma_{\min}$ of ID embedding covariance", "OOD ECE (%)"),
@@ -35,14 +35,15 @@ def evidence_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def evidence_figure(trials: pd.DataFrame) -> plt.Figure:
-    """2x2 scatter of the PAIRS, coloured by method, with the fitted line; both correlations in each title."""
+    """2x2 scatter of the PAIRS, coloured by variant (by method when there are many), fitted line, correlations."""
     data = trials.assign(ood_error=1 - trials["ood_acc"])
     data[list(_PERCENT)] = data[list(_PERCENT)] * 100
-    methods = list(dict.fromkeys(data["method"]))
+    by = "variant" if data["variant"].nunique() <= len(PALETTE) else "method"  # colours stay distinguishable
+    methods = list(dict.fromkeys(data[by]))
     figure, axes = plt.subplots(2, 2, figsize=(2 * COLUMN_WIDTH, 4.6))
     for axis, (x, y, xlabel, ylabel) in zip(axes.flat, PAIRS):
         for index, method in enumerate(methods):
-            part = data[data["method"] == method]
+            part = data[data[by] == method]
             axis.scatter(part[x], part[y], s=14, color=colour(index), label=method, alpha=0.85, edgecolor="none")
         fit = correlations(data[x].to_numpy(float), data[y].to_numpy(float))
         grid = np.linspace(data[x].min(), data[x].max(), 50)
@@ -52,8 +53,7 @@ def evidence_figure(trials: pd.DataFrame) -> plt.Figure:
         if x == "sigma_min":
             axis.ticklabel_format(axis="x", style="sci", scilimits=(-3, 3))
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="upper center", ncol=min(len(methods), 6), frameon=False)
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    figure_legend(figure, handles, labels)
     return figure
 
 

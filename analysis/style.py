@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+# Yellow last: it is the hardest to see on white.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 COLUMN_WIDTH = 3.4  # inches, one column of a two-column paper
 
 plt.rcParams.update({
@@ -32,3 +33,14 @@ def save(figure: plt.Figure, out: Path, name: str) -> list[Path]:
         figure.savefig(path)
     plt.close(figure)
     return paths
+
+
+def figure_legend(figure: plt.Figure, handles: list, labels: list[str]) -> None:
+    """Short labels: one row above the panels; long ones (sweep points): a column to the right."""
+    if sum(len(label) for label in labels) <= 80:
+        figure.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, columnspacing=1.0,
+                      handletextpad=0.2)
+        figure.tight_layout(rect=(0, 0, 1, 0.93))
+    else:
+        figure.tight_layout()
+        figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)

@@ -6,19 +6,25 @@ import argparse
 import sys
 from typing import Callable
 
+from harness.config import ConfigT, load
 from harness.errors import UsageError
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, what: str = "run config") -> None:
+def config_parser(prog: str, description: str | None, what: str = "run config") -> argparse.ArgumentParser:
+    """A parser taking an optional config YAML and dotted ``key=value`` overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help=f"{what} YAML (defaults apply when omitted)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-5")
+    return parser
 
 
-def config_arguments(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    """``(config path or None, overrides)``: a first positional with ``=`` is an override, not a file."""
-    if args.config is not None and "=" in args.config:
-        return None, [args.config, *args.overrides]
-    return args.config, list(args.overrides)
+def parse_config(parser: argparse.ArgumentParser, model: type[ConfigT], argv: list[str] | None) -> tuple[ConfigT, argparse.Namespace]:
+    """Parse the command line into a validated config of type ``model`` (a first positional with ``=`` is an override)."""
+    args = parser.parse_args(argv)
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path:
+        path, overrides = None, [path, *overrides]
+    return load(model, path, overrides), args
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

@@ -8,12 +8,10 @@ mean confidence per test set, for ``model.name`` with ``model.pretrained`` on ``
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from harness.cli import add_config_arguments, config_arguments, run_cli
-from harness.config import load_run_config
+from harness.cli import config_parser, parse_config, run_cli
+from harness.config import RunConfig
 from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
 from harness.metrics import classification_report
 from harness.models import classifier_head, create_model, encode_images, logit_scale, require_known_model
@@ -55,11 +53,7 @@ def format_table(results: dict[str, dict], id_test: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, "run config")
-    config_path, overrides = config_arguments(parser.parse_args(argv))
-    config = load_run_config(config_path, overrides)
+    config, _ = parse_config(config_parser("python -m harness.evaluate", __doc__), RunConfig, argv)
     torch.manual_seed(config.seed)
     require_known_model(config.model.name)
     require_known_benchmark(config.data.benchmark)

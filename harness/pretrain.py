@@ -11,7 +11,6 @@ builds the default weights once per architecture and caches them keyed by the co
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from harness.cli import add_config_arguments, config_arguments, run_cli
-from harness.config import StrictModel, config_hash, load
+from harness.cli import config_parser, parse_config, run_cli
+from harness.config import StrictModel, config_hash
 from harness.data import load_benchmark
 from harness.data.captions import pretrain_caption
 from harness.evaluate import evaluate_zeroshot, format_table
@@ -128,13 +127,9 @@ def ensure_pretrained(model_name: str, progress: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, "pretraining config")
+    parser = config_parser("python -m harness.pretrain", __doc__, "pretraining config")
     parser.add_argument("--out", type=Path, help="where to save the weights (default: the cache entry for this config)")
-    args = parser.parse_args(argv)
-    config_path, overrides = config_arguments(args)
-    config = load(PretrainConfig, config_path, overrides)
+    config, args = parse_config(parser, PretrainConfig, argv)
     out = args.out or weights_path(config)
     summary = pretrain(config, out)
     print(f"saved {out} (logit scale {summary['logit_scale']:.1f}, {summary['steps']} steps, "

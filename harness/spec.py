@@ -109,6 +109,8 @@ class SweepSpec(StrictModel):
             raise ValueError(f"sampler {self.sampler.name} needs n_trials")
         elif not self.search:
             raise ValueError(f"sampler {self.sampler.name} has nothing to search")
+        if self.pruner.name in ("halving", "hyperband") and len(self.objectives) > 1:
+            raise ValueError(f"pruner {self.pruner.name} needs one objective (multi-objective studies: median or none)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds repeat")
         return self
@@ -153,6 +155,8 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], seed: int, run_dir: Pa
     overrides += [f"{key}={json.dumps(value)}" for key, value in params.items() if key != VARIANT]
     overrides += [f"seed={seed}", f"run_dir={run_dir}", f"tracking.mode={spec.tracking.mode}",
                   f"tracking.project={spec.tracking.project}"]
+    if spec.pruner.name != "none":
+        overrides.append("eval.every_epoch=true")  # the pruner reads per-epoch validation values
     data = apply_overrides(_base_data(spec, folder), overrides)
     label = ", ".join(f"{k}={v}" for k, v in params.items())
     return build(RunConfig, data, source=f"{spec.name} trial ({label})")

@@ -41,8 +41,8 @@ def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)  # grid points are enqueued; random fills anything else
 
 
-def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    name, warmup = spec.pruner.name, spec.pruner.warmup_epochs
+def make_pruner(name: str, warmup: int) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of a spec's ``pruner`` section (the driver and each job build the same one)."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_warmup_steps=warmup)
     if name == "halving":
@@ -74,7 +74,7 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
             raise UsageError(f"a different study named {spec.name!r} already exists in {storage}; rename the sweep "
                              "or use another storage (nothing was changed)")
     study = optuna.create_study(study_name=spec.name, storage=backend, directions=directions, load_if_exists=True,
-                                sampler=_sampler(spec), pruner=_pruner(spec))
+                                sampler=_sampler(spec), pruner=make_pruner(spec.pruner.name, spec.pruner.warmup_epochs))
     if existing is None:
         study.set_user_attr("spec_digest", digest)
     return study

@@ -36,6 +36,7 @@ from harness.study import default_storage, objective_values, open_study
 
 RESULTS = "results.jsonl"
 _POLL_SECONDS = 0.5
+_INTERRUPTED = "interrupted"  # a trial stopped by Ctrl-C: retried without using up its retries
 
 
 @dataclass
@@ -113,10 +114,13 @@ class Sweep:
                 trial = self._settle_orphan(study, trial)
             if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 ledger.done.add(key)
-            elif trial.state == TrialState.FAIL:
+            elif trial.state == TrialState.FAIL and not str(trial.user_attrs.get("error")).startswith(_INTERRUPTED):
                 ledger.attempts[key] = ledger.attempts.get(key, 0) + 1
             if trial.state.is_finished() and trial.number not in written:
                 self._append(trial)
+        for key, attempts in ledger.attempts.items():
+            if attempts > self.spec.launcher.max_retries and key not in ledger.done:
+                ledger.final_failures.append(f"{key}: failed {attempts} times in earlier runs (see results.jsonl)")
         return ledger
 
     def _settle_orphan(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
@@ -158,7 +162,8 @@ class Sweep:
         trial.set_user_attr("run_dir", str(run_dir))
         study_info = {"name": self.spec.name, "storage": self.storage, "trial_number": trial.number,
                       "sweep": self.spec.name, "wandb_dir": str(self.out),
-                      "prune_metric": self.spec.pruner.metric if self.spec.pruner.name != "none" else None}
+                      "prune_metric": self.spec.pruner.metric if self.spec.pruner.name != "none" else None,
+                      "pruner": self.spec.pruner.name, "prune_warmup": self.spec.pruner.warmup_epochs}
         job = executor.submit(TrialJob(), config.model_dump(mode="json"), study_info,
                               threads_per_job(self.spec.launcher.parallelism))
         if self.spec.launcher.kind == "local":
@@ -224,7 +229,7 @@ class Sweep:
             except KeyboardInterrupt:
                 for item in running:
                     item.job.cancel(check=False)
-                    self._tell(study, item.trial.number, {"status": "failed", "error": "interrupted (Ctrl-C)"})
+                    self._tell(study, item.trial.number, {"status": "failed", "error": f"{_INTERRUPTED} (Ctrl-C)"})
                 bar.close()
                 print("interrupted: run the same command again to continue")
                 return 130
@@ -241,7 +246,8 @@ class Sweep:
         if planned is not None:
             return [(p, s) for p, s in planned if point_key(p, s) not in ledger.done
                     and ledger.attempts.get(point_key(p, s), 0) <= self.spec.launcher.max_retries]
-        finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL)
+        # each entry asks the study once: enqueued seeds of sampled points first, then new samples
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         return [(None, self.spec.seeds[0])] * max(0, self.total() - finished)
 
     def _finish(self, study: optuna.Study, item: Running, ledger: Ledger, queue: list, bar: tqdm) -> None:

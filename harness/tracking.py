@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunConfig
+from harness.pruning import StudyPruner
 from harness.train import TrainCallbacks, TrialPruned, resolve_run_dir
 
 
@@ -28,8 +29,8 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
 class TrialCallbacks(TrainCallbacks):
     """Per-step losses and per-epoch validation to W&B; per-epoch values to an Optuna pruner."""
 
-    def __init__(self, wandb_run: Any = None, pruning_trial: Any = None, prune_metric: str = "val_acc"):
-        self.wandb_run, self.pruning_trial, self.prune_metric = wandb_run, pruning_trial, prune_metric
+    def __init__(self, wandb_run: Any = None, pruner: Any = None, prune_metric: str = "val_acc"):
+        self.wandb_run, self.pruner, self.prune_metric = wandb_run, pruner, prune_metric
 
     def on_step(self, step: int, losses: dict[str, float], lr: float) -> None:
         if self.wandb_run is not None and step % 5 == 0:
@@ -38,10 +39,8 @@ class TrialCallbacks(TrainCallbacks):
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.wandb_run is not None:
             self.wandb_run.log({f"epoch/{k}": v for k, v in metrics.items()}, step=metrics["step"])
-        if self.pruning_trial is not None:
-            self.pruning_trial.report(metrics[self.prune_metric], epoch)
-            if self.pruning_trial.should_prune():
-                raise TrialPruned(f"pruned at epoch {epoch}")
+        if self.pruner is not None and self.pruner.should_stop(epoch, metrics[self.prune_metric]):
+            raise TrialPruned(f"pruned at epoch {epoch}")
 
     def finish(self, record: dict[str, Any]) -> None:
         if self.wandb_run is None:
@@ -71,21 +70,11 @@ def _wandb_run(config: RunConfig, group: str | None, folder: Path) -> Any:
                       id=run_id, resume="allow", mode=config.tracking.mode, name=run_dir.name, reinit="finish_previous")
 
 
-def _pruning_trial(study: dict[str, Any]) -> Any:
-    import optuna
-
-    from harness.study import open_storage
-
-    loaded = optuna.load_study(study_name=study["name"], storage=open_storage(study["storage"]))
-    trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, study["trial_number"])
-    return optuna.trial.Trial(loaded, trial_id)
-
-
 def tracker_for(config: RunConfig, study: dict[str, Any] | None) -> TrialCallbacks:
     """The callbacks of one sweep trial (``study``: name, storage, trial number, pruner metric, wandb dir)."""
     study = study or {}
     wandb_run = None
     if config.tracking.mode != "disabled":
         wandb_run = _wandb_run(config, study.get("sweep"), Path(study.get("wandb_dir") or resolve_run_dir(config)))
-    pruning = _pruning_trial(study) if study.get("prune_metric") else None
-    return TrialCallbacks(wandb_run, pruning, study.get("prune_metric") or "val_acc")
+    pruner = StudyPruner(study) if study.get("prune_metric") else None
+    return TrialCallbacks(wandb_run, pruner, study.get("prune_metric") or "val_acc")

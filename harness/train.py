@@ -12,7 +12,6 @@ run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derive
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -28,8 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import harness
-from harness.cli import add_config_arguments, config_arguments, run_cli
-from harness.config import RunConfig, config_hash, load_run_config
+from harness.cli import config_parser, parse_config, run_cli
+from harness.config import RunConfig, config_hash
 from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
 from harness.ema import EMATeacher, momentum_at
 from harness.errors import UsageError
@@ -518,11 +517,7 @@ def format_record(record: RunRecord) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, "run config")
-    config_path, overrides = config_arguments(parser.parse_args(argv))
-    config = load_run_config(config_path, overrides)
+    config, _ = parse_config(config_parser("python -m harness.train", __doc__), RunConfig, argv)
     record = run(config)
     if record["status"] != "ok":
         print(f"trial failed: {record['error']} (see {record['paths']['error']})")

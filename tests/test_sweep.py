@@ -156,3 +156,18 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     assert len({line["trial"] for line in lines}) == len(lines)
     states = [t.state.name for t in _study(out, "killed").trials]
     assert states.count("COMPLETE") == 3
+
+
+def test_sampled_points_run_once_per_seed(tmp_path):
+    path = _spec(tmp_path, name="sampled", search={"optim.lr": {"low": 1e-5, "high": 1e-3, "log": True}},
+                 base={**TINY, "method": "ft"}, sampler={"name": "random", "seed": 3}, n_trials=2, seeds=[0, 1])
+    assert sweep_main([str(path)]) == 0
+    lines = _results(tmp_path / "out")
+    assert len(lines) == 4 and all(line["state"] == "COMPLETE" for line in lines)
+    by_lr = {}
+    for line in lines:
+        by_lr.setdefault(line["params"]["optim.lr"], []).append(line["seed"])
+    assert sorted(map(sorted, by_lr.values())) == [[0, 1], [0, 1]]
+    for line in lines:
+        record = json.loads((tmp_path / "out" / line["record"]).read_text())
+        assert record["config"]["optim"]["lr"] == line["params"]["optim.lr"] and record["config"]["seed"] == line["seed"]

@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_run_config
+from harness.tracking import tracker_for
+from harness.train import run
+
+FAST = ["model.name=digit-vit-t", "model.pretrained=null", "method=flyp", "optim.epochs=2", "optim.batch_size=200",
+        "eval.every_epoch=true", "eval.batch_size=500", "tracking.mode=offline"]
+
+
+def _leet(path: Path, *flags: str) -> str:
+    wandb = Path(sys.executable).with_name("wandb")
+    return subprocess.run([str(wandb), "leet", "inspect", "--json", *flags, str(path)], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+
+
+def test_offline_wandb_run_holds_the_logged_metrics(digitshift, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = load_run_config(None, [*FAST, f"run_dir={tmp_path / 'run'}"])
+    callbacks = tracker_for(config, {"sweep": "unit", "wandb_dir": str(tmp_path)})
+    record = run(config, callbacks=callbacks, progress=False)
+    callbacks.finish(record)
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    run_id = (tmp_path / "run" / "wandb_id.txt").read_text()
+    assert files[0].name == f"run-{run_id}.wandb"
+    records = [json.loads(line) for line in _leet(files[0]).splitlines() if line.startswith("{")]
+    logged = json.dumps([r for r in records if r.get("type") == "history"])
+    assert "train/contrastive" in logged and "epoch/val_acc" in logged and "reliability/mnist" in logged
+    state = json.loads(_leet(files[0], "--summary"))
+    assert state["state"] == "finished" and state["run_id"] == run_id
+    assert state["summary"]["val_acc"] == pytest.approx(record["summary"]["val_acc"])
+    assert state["summary"]["epoch/val_acc"] == pytest.approx(record["history"][-1]["val_acc"])
+    assert state["config"]["method"] == "flyp" and state["config"]["loss.label_smoothing"] == 0
+    assert "api_key" not in files[0].read_bytes().decode("latin-1").lower()
