@@ -2,8 +2,8 @@
 
     python -m analysis.figures RUNS_DIR [RUNS_DIR ...] --out FIGDIR
 
-RUNS_DIR: a sweep output directory (``results.jsonl``) or any directory holding ``record.json``
-files. Figures are PNG and PDF; tables Markdown, LaTeX and CSV. What the data cannot support
+RUNS_DIR: a sweep output directory (``results.jsonl``), any directory holding ``record.json``
+files, an Optuna storage URL, or ``wandb:ENTITY/PROJECT`` (online). Figures are PNG and PDF; tables Markdown, LaTeX and CSV. What the data cannot support
 (e.g. a heatmap without a lambda_SD x label-smoothing grid) is skipped with the reason printed.
 """
 
@@ -124,7 +124,8 @@ def build_report(results: Results, out: Path) -> Report:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="sweep output dirs or dirs holding record.json files")
+    parser.add_argument("runs", nargs="+", help="sweep output dirs, dirs holding record.json files, Optuna storage "
+                        "URLs (sqlite:///outputs/x/study.db) or wandb:ENTITY/PROJECT")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="where to write figures and tables")
     args = parser.parse_args(argv)
     try:

@@ -5,7 +5,11 @@ Inputs, any mix of:
   ``trial``, ``state``, ``params``, ``seed``, ``summary``, ``record`` = path of its record.json,
   relative paths taken from the results file's directory); a ``variant`` param (the sweep's
   named override sets, e.g. ablation rows) names the trial's row in tables and figures;
-- a directory holding ``record.json`` files at any depth (single runs of ``harness.train``).
+- a directory holding ``record.json`` files at any depth (single runs of ``harness.train``);
+- an Optuna storage (``sqlite:///outputs/x/study.db``, ``journal:PATH``, any SQLAlchemy URL):
+  every study in it, each trial's record found through its ``record`` user attribute;
+- ``wandb:ENTITY/PROJECT`` (online only): runs through W&B's public API, rebuilt from their
+  summaries (summary metrics and per-set accuracy and ECE; no reliability bins or spectra).
 
 Outputs (``Results``): ``trials``, one row per trial (identity, config keys that vary across the
 loaded trials, summary metrics); ``sets``, one row per trial x evaluated set (all metrics);
@@ -82,6 +86,52 @@ def _record_entries(root: Path, problems: list[str]) -> Iterable[tuple[str, dict
             yield str(path.parent), {"sweep": root.name}, record
 
 
+def _storage_entries(url: str, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
+    import optuna
+
+    from harness.study import open_storage
+
+    storage = open_storage(url)
+    for name in optuna.get_all_study_names(storage=storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        for trial in study.get_trials(deepcopy=False):
+            path = trial.user_attrs.get("record")
+            record = _read_record(Path(path), problems) if path else None
+            line = {"sweep": study.study_name, "params": trial.params, "state": trial.state.name}
+            yield f"{study.study_name}/{trial.number}", line, record or {}
+
+
+def _wandb_entries(path: str) -> Iterable[tuple[str, dict, dict]]:
+    try:
+        import wandb
+
+        runs = list(wandb.Api(timeout=20).runs(path))
+    except Exception as exc:  # no network, no API key, unknown project
+        raise NoResultsError(f"wandb:{path}: W&B's API is unreachable ({type(exc).__name__}: {exc})") from exc
+    for run in runs:
+        summary = dict(run.summary)
+        tests = {}
+        for key, value in summary.items():
+            if key.startswith("test/") and key.count("/") == 2:
+                _, name, metric = key.split("/")
+                tests.setdefault(name, {})[metric] = value
+        config = dict(run.config)
+        record = {"status": summary.get("status"), "method": config.get("method"), "summary": summary, "tests": tests,
+                  "config": config, "id_test": next((n for n in tests if n == "mnist"), None)}
+        yield f"{path}/{run.id}", {"sweep": run.group}, record
+
+
+def _entries(source: str, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
+    if source.startswith("wandb:"):
+        return _wandb_entries(source.removeprefix("wandb:"))
+    if "://" in source or source.startswith("journal:"):
+        return _storage_entries(source, problems)
+    root = Path(source)
+    if not root.exists():
+        raise NoResultsError(f"{root}: no such directory")
+    return _record_entries(root, problems)
+
+
 def _read_record(path: Path, problems: list[str]) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -99,13 +149,12 @@ def _set_role(name: str, record: dict) -> str:
 
 
 def load(paths: Iterable[str | Path]) -> Results:
-    """Load every trial under ``paths`` (sweep output dirs or run dirs)."""
+    """Load every trial from ``paths``: sweep output dirs, run dirs, Optuna storage URLs or ``wandb:ENTITY/PROJECT``."""
+    paths = [str(path) for path in paths]
     problems: list[str] = []
     trial_rows, set_rows, records = [], [], {}
-    for root in map(Path, paths):
-        if not root.exists():
-            raise NoResultsError(f"{root}: no such directory")
-        for trial_id, line, record in _record_entries(root, problems):
+    for source in paths:
+        for trial_id, line, record in _entries(source, problems):
             status = record.get("status") or str(line.get("state", "unknown")).lower()
             if status != "ok":
                 problems.append(f"{trial_id}: trial {status}" + (f" ({record['error']})" if record.get("error") else ""))
@@ -122,7 +171,7 @@ def load(paths: Iterable[str | Path]) -> Results:
                                  **{key: report.get(key) for key in METRICS}})
     if not trial_rows:
         detail = f" ({len(problems)} problems: {problems[0]} ...)" if problems else ""
-        raise NoResultsError(f"no finished trials in {', '.join(map(str, paths))}{detail}")
+        raise NoResultsError(f"no finished trials in {', '.join(paths)}{detail}")
     trials = pd.DataFrame(trial_rows)
     for key in _varying_keys(trials["config"]):  # columns for grouping and sensitivity plots
         trials[key] = [config.get(key) for config in trials["config"]]

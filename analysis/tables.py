@@ -80,7 +80,8 @@ def to_markdown(statistics: pd.DataFrame) -> str:
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     seeds = sorted(set(statistics["n"]))
-    lines.append(f"\nMean ± std over seeds (n = {', '.join(map(str, seeds))}); accuracy and ECE in %; best in bold.")
+    lines.append(f"\nMean ± std over seeds (n = {', '.join(map(str, seeds))}); accuracy and ECE in %; best in bold; "
+                 "t-based 95% intervals of the means in table.csv (ci95).")
     return "\n".join(lines)
 
 

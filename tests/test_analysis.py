@@ -163,3 +163,33 @@ def test_ema_period_curves_are_drawn(tmp_path):
             for p in (1, 5, 20) for s in range(3)]
     png, pdf = save(period_figure(pd.DataFrame(rows)), tmp_path, "period")
     assert _not_blank(png) and pdf.stat().st_size > 1000
+
+
+def test_load_from_an_optuna_storage_equals_load_from_the_results_file(sweep, tmp_path):
+    import optuna
+
+    root, _ = sweep
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="ablation", storage=storage)
+    for line in (root / "results.jsonl").read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        trial = study.ask()
+        if entry.get("record"):
+            trial.set_user_attr("record", str(root / entry["record"]))
+            study.tell(trial, entry["summary"]["val_acc"])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    from_storage, from_file = load([storage]), load([root])
+    assert len(from_storage.trials) == len(from_file.trials) == 15
+    assert sorted(from_storage.trials["ood_ece"]) == sorted(from_file.trials["ood_ece"])
+
+
+def test_wandb_source_fails_clearly_without_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(NoResultsError, match="wandb:me/carot: W&B's API is unreachable"):
+        load(["wandb:me/carot"])
