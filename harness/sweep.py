@@ -208,9 +208,24 @@ class Sweep:
             handle.write(json.dumps(line) + "\n")
 
     # -- the loop -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Build what every trial shares (benchmark, embedded pretrained weights) once, here, with visible progress,
+        rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log."""
+        from harness.data import load_benchmark
+        from harness.models import EMBEDDED_PRETRAINED
+        from harness.pretrain import ensure_pretrained
+
+        planned = self.planned() or [({}, self.spec.seeds[0])]
+        configs = [trial_config(self.spec, params, seed, self.out, self.folder) for params, seed in planned]
+        for benchmark in sorted({c.data.benchmark for c in configs}):
+            load_benchmark(benchmark)
+        for name in sorted({c.model.name for c in configs if c.model.pretrained == EMBEDDED_PRETRAINED}):
+            ensure_pretrained(name)
+
     def run(self) -> int:
         with driver_lock(self.out):
             study = open_study(self.spec, self.storage)
+            self.prepare()
             ledger = self.reconcile(study)
             queue = self._queue(study, ledger)
             executor = make_executor(self.spec.launcher.kind, self.out / "jobs", self.spec.launcher.parallelism,
