@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field
 
 from harness.config import StrictModel, build
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UsageError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 
@@ -48,16 +48,20 @@ def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
 
 
 def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None) -> submitit.Executor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
+        raise UsageError(f"launcher {kind}: {exc}") from exc
     if kind == "slurm":
         p = load_profile(profile or "")
         extra = {key: value for key, value in (("account", p.account), ("qos", p.qos), ("constraint", p.constraint)) if value}
-        executor.update_parameters(
-            slurm_partition=p.partition, gpus_per_node=p.gpus_per_node, tasks_per_node=p.tasks_per_node,
-            cpus_per_task=p.cpus_per_task, mem_gb=p.mem_gb, timeout_min=p.timeout_min,
-            slurm_signal_delay_s=p.signal_delay_s, slurm_array_parallelism=min(parallelism, p.array_parallelism),
-            slurm_setup=p.setup, slurm_additional_parameters=extra,
-        )
+        parameters = {
+            "slurm_partition": p.partition, "gpus_per_node": p.gpus_per_node, "tasks_per_node": p.tasks_per_node,
+            "cpus_per_task": p.cpus_per_task, "mem_gb": p.mem_gb, "timeout_min": p.timeout_min,
+            "slurm_signal_delay_s": p.signal_delay_s, "slurm_array_parallelism": min(parallelism, p.array_parallelism),
+            "slurm_setup": p.setup, "slurm_additional_parameters": extra,
+        }
+        executor.update_parameters(**{key: value for key, value in parameters.items() if value is not None})
     else:
         executor.update_parameters(timeout_min=24 * 60)
     return executor

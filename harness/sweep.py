@@ -44,7 +44,6 @@ class Running:
     trial: optuna.trial.Trial
     point: tuple[dict[str, Any], int]
     job: Any
-    started: float
 
 
 @dataclass
@@ -169,7 +168,7 @@ class Sweep:
         if self.spec.launcher.kind == "local":
             trial.set_user_attr("pid", int(job.job_id))
         trial.set_user_attr("job_id", str(job.job_id))
-        return Running(trial, (params, seed), job, time.perf_counter())
+        return Running(trial, (params, seed), job)
 
     def _suggest(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         params = {}

@@ -171,3 +171,15 @@ def test_sampled_points_run_once_per_seed(tmp_path):
     for line in lines:
         record = json.loads((tmp_path / "out" / line["record"]).read_text())
         assert record["config"]["optim"]["lr"] == line["params"]["optim.lr"] and record["config"]["seed"] == line["seed"]
+
+
+def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path):
+    import shutil
+
+    from harness.errors import UsageError
+    from harness.launch import make_executor
+
+    if shutil.which("srun"):
+        pytest.skip("SLURM is installed here")
+    with pytest.raises(UsageError, match='launcher slurm: Could not detect "srun"'):
+        make_executor("slurm", tmp_path, 2, "local")
