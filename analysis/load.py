@@ -30,7 +30,7 @@ import pandas as pd
 RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
 # Config keys that never define a variant: they differ between seeds or runs of one variant.
-_NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.", "data.num_workers", "optim.checkpoint_every")
+_NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.", "optim.checkpoint_every")
 METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "confidence", "n")
 
 

@@ -40,8 +40,7 @@ class ModelConfig(StrictModel):
 
 class DataConfig(StrictModel):
     benchmark: str = "digitshift"
-    root: str | None = Field(None, description="data root for benchmarks read from disk")
-    num_workers: int = Field(0, ge=0)
+    root: str | None = Field(None, description="data root for benchmarks read from disk (digitshift ignores it)")
 
 
 class LossConfig(StrictModel):
