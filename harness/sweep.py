@@ -105,6 +105,8 @@ class Sweep:
         """Read the study; adopt orphans that finished, fail those that died; make results.jsonl complete."""
         ledger = Ledger()
         written = self._written_trials()
+        if self.planned() is not None:
+            self._drop_stale_waiting(study)
         for trial in study.get_trials(deepcopy=False):
             key = trial.user_attrs.get("point")
             if key is None:
@@ -124,12 +126,23 @@ class Sweep:
 
     def _settle_orphan(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
         """A RUNNING trial left by a driver that died: wait for its local job, then adopt its record or fail it."""
+        if "run_dir" not in trial.user_attrs:  # the driver died between asking and submitting: nothing ran
+            self._tell(study, trial.number, {"status": "failed", "error": f"{_INTERRUPTED} before launch"})
+            return study._storage.get_trial(trial._trial_id)
         pid = trial.user_attrs.get("pid")
         while pid and _alive(pid):
             time.sleep(_POLL_SECONDS)
         record = _read_record(Path(trial.user_attrs["run_dir"]) / "record.json")
         self._tell(study, trial.number, record or {"status": "failed", "error": "its driver or job died"})
         return study._storage.get_trial(trial._trial_id)
+
+    def _drop_stale_waiting(self, study: optuna.Study) -> None:
+        """Grid points enqueued by a driver that died before asking for them: close them, so that asks stay in step."""
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for _ in waiting:
+            trial = study.ask()  # pops the oldest waiting trial
+            trial.set_user_attr("error", f"{_INTERRUPTED} before launch")
+            study.tell(trial, state=TrialState.FAIL)
 
     def _written_trials(self) -> set[int]:
         if not self.results_path.exists():

@@ -183,3 +183,24 @@ def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path):
         pytest.skip("SLURM is installed here")
     with pytest.raises(UsageError, match='launcher slurm: Could not detect "srun"'):
         make_executor("slurm", tmp_path, 2, "local")
+
+
+def test_resume_after_a_driver_died_between_enqueue_ask_and_submit(tmp_path):
+    from harness.study import open_study
+    from harness.sweep import Sweep
+
+    path = _spec(tmp_path, name="torn", search={"method": {"grid": ["flyp", "ft", "lp"]}})
+    spec = load_spec(path)
+    out = tmp_path / "out"
+    out.mkdir()
+    sweep = Sweep(spec, tmp_path, out, f"sqlite:///{out / 'study.db'}")
+    study = open_study(spec, sweep.storage)
+    (first, seed), (second, _), _ = grid_points(spec)
+    study.enqueue_trial(first, user_attrs={"point": "method='flyp' | seed=0", "seed": seed})
+    study.ask()  # asked, never submitted
+    study.enqueue_trial(second, user_attrs={"point": "method='ft' | seed=0", "seed": seed})  # never asked
+    assert sweep_main([str(path)]) == 0
+    complete = [line for line in _results(out) if line["state"] == "COMPLETE"]
+    assert sorted(line["params"]["method"] for line in complete) == ["flyp", "ft", "lp"]
+    failed = [line for line in _results(out) if line["state"] == "FAIL"]
+    assert len(failed) == 2 and all(line["error"] == "interrupted before launch" for line in failed)
