@@ -27,6 +27,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from harness.config import flatten
+
 RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
 # Config keys that never define a variant: they differ between seeds or runs of one variant.
@@ -46,14 +48,9 @@ class Results:
     problems: list[str] = field(default_factory=list)  # corrupt lines, missing records, failed trials
 
 
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return flat
+def _flat_config(config: dict) -> dict[str, Any]:
+    """Dotted keys; lists become tuples so that values can be compared and grouped."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in flatten(config).items()}
 
 
 def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
@@ -159,7 +156,7 @@ def load(paths: Iterable[str | Path]) -> Results:
             if status != "ok":
                 problems.append(f"{trial_id}: trial {status}" + (f" ({record['error']})" if record.get("error") else ""))
                 continue
-            config = _flatten(record.get("config", {}))
+            config = _flat_config(record.get("config", {}))
             trial_rows.append({
                 "trial": trial_id, "sweep": line.get("sweep"), "method": record.get("method"),
                 "named_variant": (line.get("params") or {}).get("variant"),

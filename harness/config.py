@@ -207,6 +207,14 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     return load(RunConfig, path, overrides)
 
 
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {"optim.lr": ...}: the dotted keys that overrides, sweeps and W&B use."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
 def config_hash(config: BaseModel, length: int = 12) -> str:
     """A short stable digest of a config, used to key caches."""
     payload = json.dumps(config.model_dump(mode="json"), sort_keys=True)

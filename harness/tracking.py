@@ -11,19 +11,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import RunConfig, flatten
 from harness.pruning import StudyPruner
 from harness.train import TrainCallbacks, TrialPruned, resolve_run_dir
 
 
 _BIN_COLUMNS = ("lower", "upper", "count", "confidence", "accuracy")
-
-
-def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return flat
 
 
 class TrialCallbacks(TrainCallbacks):
@@ -66,7 +59,7 @@ def _wandb_run(config: RunConfig, group: str | None, folder: Path) -> Any:
     id_file.write_text(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=config.tracking.project, entity=config.tracking.entity, group=group,
-                      job_type=config.method, config=_flatten(config.model_dump(mode="json")), dir=str(folder),
+                      job_type=config.method, config=flatten(config.model_dump(mode="json")), dir=str(folder),
                       id=run_id, resume="allow", mode=config.tracking.mode, name=run_dir.name, reinit="finish_previous")
 
 

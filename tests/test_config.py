@@ -87,3 +87,10 @@ def test_cli_bad_input_exits_2_with_one_line(args, words):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
+
+
+def test_flatten_gives_the_dotted_override_keys():
+    from harness.config import flatten
+
+    assert flatten({"optim": {"lr": 0.1, "epochs": 2}, "seed": 0, "eval": {"wise_alphas": [0.5]}}) == {
+        "optim.lr": 0.1, "optim.epochs": 2, "seed": 0, "eval.wise_alphas": [0.5]}
