@@ -52,6 +52,11 @@ class TrialCallbacks(TrainCallbacks):
 def _wandb_run(config: RunConfig, group: str | None, folder: Path) -> Any:
     import wandb
 
+    # In a W&B sweep agent (harness.wandb_sweep) the trial's run already exists: log there; setdefaults adds the
+    # full config and keeps the sweep's keys. Only a sweep's run: one a crashed trial left open is finished below.
+    if wandb.run is not None and wandb.run.sweep_id:
+        wandb.run.config.setdefaults(flatten(config.model_dump(mode="json")))
+        return wandb.run
     run_dir = resolve_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "wandb_id.txt"

@@ -1,0 +1,181 @@
+"""The W&B Sweeps engine offline: spec -> sweep config, the offline refusal, and the agent's trial function.
+
+Nothing here contacts W&B: ``wandb.sweep``/``wandb.agent`` are replaced, and the agent's run is emulated the way
+``wandb.agents.pyagent`` starts one (sweep params in a YAML file named by WANDB_SWEEP_PARAM_PATH), in disabled mode.
+"""
+
+from pathlib import Path
+
+import pytest
+import wandb
+import yaml
+
+import harness.train
+from harness.cli import run_cli
+from harness.errors import ConfigError
+from harness.spec import load_spec, point_key
+from harness.sweep import _slug
+from harness.wandb_sweep import agent_trial, run_wandb_sweep, sweep_config
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "optim": {"epochs": 1}}
+CAROT = {**TINY, "method": "carot"}
+
+
+def _spec(tmp_path, **fields):
+    data = {"name": "w", "base": TINY, "search": {"method": {"grid": ["flyp", "ft"]}}, "seeds": [0],
+            "tracking": {"mode": "offline"}, **fields}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_spec(path)
+
+
+def test_the_ablation_spec_becomes_a_grid_over_variants_and_seeds():
+    assert sweep_config(load_spec(SWEEPS / "ablation.yaml")) == {
+        "name": "ablation",
+        "method": "grid",
+        "metric": {"name": "val_acc", "goal": "maximize"},
+        "parameters": {
+            "variant": {"values": ["zeroshot", "ft", "flyp", "flyp+LS", "flyp+OC", "flyp+SD", "carot"]},
+            "seed": {"values": [0, 1, 2]},
+        },
+    }
+
+
+def test_every_space_type_translates(tmp_path):
+    spec = _spec(tmp_path, base=CAROT, search={
+        "loss.same_class_positives": {"choices": [False, True]},
+        "eval.batch_size": {"grid": [250, 500]},
+        "loss.label_smoothing": {"low": 0.0, "high": 0.2},
+        "loss.sd_weight": {"low": 0.1, "high": 3.0, "log": True},
+        "optim.epochs": {"low": 1, "high": 3, "integer": True},
+        "ema.period": {"low": 1, "high": 40, "log": True, "integer": True},
+    }, sampler={"name": "tpe"}, n_trials=5, seeds=[3, 4], objectives=[{"key": "val_nll", "direction": "minimize"}])
+    assert sweep_config(spec) == {
+        "name": "w",
+        "method": "bayes",
+        "metric": {"name": "val_nll", "goal": "minimize"},
+        "parameters": {
+            "loss.same_class_positives": {"values": [False, True]},
+            "eval.batch_size": {"values": [250, 500]},
+            "loss.label_smoothing": {"distribution": "uniform", "min": 0.0, "max": 0.2},
+            "loss.sd_weight": {"distribution": "log_uniform_values", "min": 0.1, "max": 3.0},
+            "optim.epochs": {"distribution": "int_uniform", "min": 1, "max": 3},
+            "ema.period": {"distribution": "q_log_uniform_values", "min": 1, "max": 40, "q": 1},
+            "seed": {"values": [3, 4]},
+        },
+        "run_cap": 10,
+    }
+    config = sweep_config(_spec(tmp_path, base=CAROT, search={"loss.sd_weight": {"low": 0.5, "high": 1.5}},
+                                sampler={"name": "random"}, n_trials=3))
+    assert config["method"] == "random" and config["run_cap"] == 3
+    assert config["parameters"]["loss.sd_weight"] == {"distribution": "uniform", "min": 0.5, "max": 1.5}
+
+
+@pytest.mark.parametrize("path, fields, words", [
+    ("tpe.yaml", None, "objectives: W&B sweeps optimise one metric, this spec has 2 (val_acc, val_ece)"),
+    ("sensitivity.yaml", None, "this spec has 3"),
+    (None, {"sampler": {"name": "nsga2"}, "n_trials": 4}, "sampler.name: nsga2 is multi-objective"),
+    (None, {"search": {"seed": {"grid": [1, 2]}}}, "search.seed"),
+])
+def test_what_w_and_b_cannot_express_is_refused_in_one_line(tmp_path, path, fields, words):
+    spec = load_spec(SWEEPS / path) if path else _spec(tmp_path, **fields)
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")) as caught:
+        sweep_config(spec)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled"])
+def test_run_wandb_sweep_refuses_without_online_tracking(tmp_path, monkeypatch, capsys, mode):
+    monkeypatch.setattr(wandb, "sweep", lambda *a, **k: pytest.fail("wandb.sweep must not be called"))
+    monkeypatch.setattr(wandb, "agent", lambda *a, **k: pytest.fail("wandb.agent must not be called"))
+    spec = _spec(tmp_path, tracking={"mode": mode})
+    with pytest.raises(SystemExit) as exited:
+        run_cli(lambda _: run_wandb_sweep(spec, tmp_path, tmp_path / "out", count=None))
+    assert exited.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"error: --engine wandb needs tracking.mode=online and a logged-in W&B account (wandb login); "
+                    f"this spec has tracking.mode={mode}")
+
+
+def test_run_wandb_sweep_creates_the_sweep_and_runs_an_agent(tmp_path, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(wandb, "sweep", lambda config, **kw: calls.update(sweep=(config, kw)) or "abc123")
+    monkeypatch.setattr(wandb, "agent", lambda sweep_id, **kw: calls.update(agent=(sweep_id, kw)))
+    spec = _spec(tmp_path, base=CAROT, search={"loss.sd_weight": {"low": 0.5, "high": 1.5}},
+                 sampler={"name": "random"}, n_trials=3, seeds=[0, 1],
+                 tracking={"mode": "online", "project": "p", "entity": "e"})
+    assert run_wandb_sweep(spec, tmp_path, tmp_path / "out", count=None) == 0
+    assert calls["sweep"] == (sweep_config(spec), {"entity": "e", "project": "p"})
+    sweep_id, agent = calls["agent"]
+    assert sweep_id == "abc123" and agent["count"] == 6 and (agent["entity"], agent["project"]) == ("e", "p")
+    assert callable(agent["function"])
+    calls.clear()
+    assert run_wandb_sweep(spec, tmp_path, tmp_path / "out", count=2, sweep_id="joined") == 0
+    assert "sweep" not in calls and calls["agent"][0] == "joined" and calls["agent"][1]["count"] == 2
+
+
+@pytest.fixture
+def agent_run(tmp_path, monkeypatch):
+    """Start runs as wandb's pyagent does (sweep params in a config file, sweep id in the env), mode disabled."""
+
+    def start(values: dict) -> None:
+        params = tmp_path / "sweep-params.yaml"
+        params.write_text(yaml.safe_dump({key: {"value": value} for key, value in values.items()}))
+        monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
+        monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        monkeypatch.setenv("WANDB_SILENT", "true")
+        wandb.teardown()  # the agent does this before each run, so the new env is read
+
+    yield start
+    if wandb.run is not None:
+        wandb.run.finish()
+    wandb.teardown()  # the env is restored after this, by monkeypatch; the next wandb.init reads it afresh
+
+
+def _fake_run(seen: list, status: str = "ok"):
+    def run(config, callbacks=None, progress=True):
+        seen.append((config, callbacks, wandb.run))
+        return {"status": status, "summary": {"val_acc": 0.5}, "error": None if status == "ok" else "boom",
+                "paths": {"record": str(Path(config.run_dir) / "record.json")}}
+    return run
+
+
+def test_the_agent_trial_runs_the_trial_of_the_agents_point_in_the_agents_run(tmp_path, monkeypatch, agent_run):
+    spec = load_spec(SWEEPS / "ablation.yaml", ["tracking.mode=online"])
+    seen: list = []
+    monkeypatch.setattr(harness.train, "run", _fake_run(seen))
+    agent_run({"variant": "flyp+SD", "seed": 2})
+    out = tmp_path / "out"
+    trial = agent_trial(spec, SWEEPS, out)
+    trial()
+    (config, callbacks, run), = seen
+    assert (config.method, config.loss.oc_weight, config.loss.sd_weight, config.ema.period) == ("carot", 0.0, 0.5, 2)
+    assert config.seed == 2 and config.optim.epochs == 3 and config.tracking.mode == "online"
+    slug = _slug(point_key({"variant": "flyp+SD"}, 2))
+    assert Path(config.run_dir) == out / "runs" / slug  # the Optuna engine's run dir of the same point
+    assert run is not None and run.sweep_id == "abc123" and callbacks.wandb_run is run  # no second run
+    assert run.config["variant"] == "flyp+SD" and run.config["seed"] == 2 and run.config["method"] == "carot"
+    assert trial.failures == []
+
+
+def test_the_agent_trial_normalises_ranges_and_collects_failures(tmp_path, monkeypatch, agent_run):
+    spec = _spec(tmp_path, search={"ema.period": {"low": 1, "high": 40, "log": True, "integer": True},
+                                   "loss.sd_weight": {"low": 0.1, "high": 3.0, "log": True}},
+                 sampler={"name": "tpe"}, n_trials=2, base=CAROT, tracking={"mode": "online"})
+    seen: list = []
+    monkeypatch.setattr(harness.train, "run", _fake_run(seen, status="failed"))
+    agent_run({"ema.period": 7.0, "loss.sd_weight": 1, "seed": 0})
+    trial = agent_trial(spec, tmp_path, tmp_path / "out")
+    trial()
+    (config, _, _), = seen
+    assert config.ema.period == 7 and config.loss.sd_weight == 1.0
+    assert len(trial.failures) == 1 and "ema.period=7, loss.sd_weight=1.0 | seed=0: failed boom" in trial.failures[0]
+
+
+def test_the_agent_trial_refuses_a_run_from_another_sweep(tmp_path, agent_run):
+    spec = load_spec(SWEEPS / "ablation.yaml", ["tracking.mode=online"])
+    agent_run({"method": "flyp", "seed": 0})
+    with pytest.raises(ConfigError, match=r"lacks \['variant'\]"):
+        agent_trial(spec, SWEEPS, tmp_path / "out")()
