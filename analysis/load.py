@@ -70,7 +70,8 @@ def _record_entries(root: Path, problems: list[str]) -> Iterable[tuple[str, dict
     results = root / RESULTS_FILE
     if results.is_file():
         sweep = root.name
-        for line in _read_jsonl(results, problems):
+        by_trial = {line.get("trial"): line for line in _read_jsonl(results, problems)}  # the last line wins
+        for line in by_trial.values():
             record = None
             if line.get("record"):
                 path = Path(line["record"])

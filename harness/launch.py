@@ -35,6 +35,7 @@ class SlurmProfile(StrictModel):
     mem_gb: int = Field(8, ge=1)
     timeout_min: int = Field(60, ge=1)
     signal_delay_s: int = Field(120, ge=1, description="SIGUSR2 this long before the time limit, to checkpoint")
+    max_timeouts: int = Field(3, ge=0, description="requeues after time-outs before a trial is given up")
     array_parallelism: int = Field(64, ge=1)
     setup: list[str] = Field(default_factory=list, description="shell lines before the job, e.g. module loads")
 
@@ -48,12 +49,13 @@ def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
 
 
 def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None) -> submitit.Executor:
+    p = load_profile(profile or "") if kind == "slurm" else None
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+        executor = submitit.AutoExecutor(folder=folder, cluster=kind,
+                                         **({"slurm_max_num_timeout": p.max_timeouts} if p else {}))
     except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
         raise UsageError(f"launcher {kind}: {exc}") from exc
-    if kind == "slurm":
-        p = load_profile(profile or "")
+    if p is not None:
         extra = {key: value for key, value in (("account", p.account), ("qos", p.qos), ("constraint", p.constraint)) if value}
         parameters = {
             "slurm_partition": p.partition, "gpus_per_node": p.gpus_per_node, "tasks_per_node": p.tasks_per_node,

@@ -32,8 +32,14 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
         raise UsageError(f"storage {storage!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
-def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    seed = spec.sampler.seed
+def make_sampler(spec: SweepSpec, draw: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded for the study's ``draw``-th trial.
+
+    Drivers sharing a study take turns to sample (under the claim lock); seeding each draw by its
+    trial count keeps them from drawing the same point, and gives the same sequence however many
+    drivers run.
+    """
+    seed = spec.sampler.seed + draw
     if spec.sampler.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if spec.sampler.name == "nsga2":
@@ -74,7 +80,7 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
             raise UsageError(f"a different study named {spec.name!r} already exists in {storage}; rename the sweep "
                              "or use another storage (nothing was changed)")
     study = optuna.create_study(study_name=spec.name, storage=backend, directions=directions, load_if_exists=True,
-                                sampler=_sampler(spec), pruner=make_pruner(spec.pruner.name, spec.pruner.warmup_epochs))
+                                sampler=make_sampler(spec), pruner=make_pruner(spec.pruner.name, spec.pruner.warmup_epochs))
     if existing is None:
         study.set_user_attr("spec_digest", digest)
     return study

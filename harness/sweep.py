@@ -2,40 +2,47 @@
 
     python -m harness.sweep sweeps/ablation.yaml [--dry-run] [--out DIR] [--launcher local|debug|slurm]
                             [--profile NAME] [--storage URL] [--parallelism N] [--set key=value ...]
+                            [--engine optuna|wandb] [--count N] [--sweep-id ID]
 
 Keeps up to ``parallelism`` jobs in flight, tells Optuna each result, appends one line per
 finished trial to OUT/results.jsonl, and prints a summary table. Running the same command again
 does only what is missing: finished trials are not repeated; trials whose job died are retried
-(at most ``launcher.max_retries`` times) and resume from their checkpoints. Exit code 1 when a
-trial failed for good, 2 on bad input (nothing is launched and nothing existing is changed).
+(at most ``launcher.max_retries`` times) and resume from their checkpoints. Several drivers may
+share one study (the same command on several machines, with a journal: or postgresql:// storage):
+each point is claimed by one of them. Exit code 1 when a trial failed for good, 2 on bad input
+(nothing is launched and nothing existing is changed).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
+import socket
 import statistics
+import subprocess
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from harness.claims import ClaimLock
 from harness.cli import run_cli
 from harness.errors import ConfigError, UsageError
 from harness.launch import TrialJob, load_profile, make_executor, threads_per_job
 from harness.spec import SweepSpec, grid_points, load_spec, point_key, trial_config
-from harness.study import default_storage, objective_values, open_study
+from harness.study import default_storage, make_sampler, objective_values, open_study
 
 RESULTS = "results.jsonl"
 _POLL_SECONDS = 0.5
+_QUEUE_CHECK_SECONDS = 10.0
+_CLAIM_SECONDS = 2.0  # how often an idle driver looks for work again (e.g. a retry another driver's trial left)
 _INTERRUPTED = "interrupted"  # a trial stopped by Ctrl-C: retried without using up its retries
 
 
@@ -44,37 +51,54 @@ class Running:
     trial: optuna.trial.Trial
     point: tuple[dict[str, Any], int]
     job: Any
+    next_queue_check: float = 0.0
 
 
 @dataclass
-class Ledger:
-    """What the study already holds, by point: finished, failed attempts, orphaned running trials."""
+class PointState:
+    """What the study holds about one (params, seed) point, over all its trials."""
 
-    done: set[str] = field(default_factory=set)
-    attempts: dict[str, int] = field(default_factory=dict)
-    final_failures: list[str] = field(default_factory=list)
+    done: bool = False  # complete or pruned
+    active: bool = False  # waiting, or running somewhere
+    failures: int = 0  # failed attempts that count towards launcher.max_retries
+    last: optuna.trial.FrozenTrial | None = None
+    run_dir: str | None = None  # where earlier attempts ran: a retry resumes there
+
+
+def point_states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, PointState]:
+    states: dict[str, PointState] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        key = trial.user_attrs.get("point")
+        if key is None:
+            continue
+        state = states.setdefault(key, PointState())
+        state.last = trial
+        state.run_dir = trial.user_attrs.get("run_dir", state.run_dir)
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            state.done = True
+        elif trial.state in (TrialState.WAITING, TrialState.RUNNING):
+            state.active = True
+        elif not str(trial.user_attrs.get("error")).startswith(_INTERRUPTED):
+            state.failures += 1
+    return states
+
+
+def _sampled(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials a sampler drew (each then runs once per seed), oldest first."""
+    return sorted((t for t in trials if t.user_attrs.get("sampled") and t.params), key=lambda t: t.number)
 
 
 def _slug(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-@contextmanager
-def driver_lock(out: Path) -> Iterator[None]:
-    """One driver per output dir at a time: a second one is refused instead of duplicating trials."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".driver.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another driver is running the sweep in {out}") from None
-        yield
-
-
 class Sweep:
     def __init__(self, spec: SweepSpec, folder: Path, out: Path, storage: str):
         self.spec, self.folder, self.out, self.storage = spec, folder, out, storage
         self.results_path = out / RESULTS
+        self.lock = ClaimLock(storage, spec.name)
+        self.driver = f"{socket.gethostname()}:{os.getpid()}"
+        self.mine: set[int] = set()  # trials this driver launched and has not told yet
 
     # -- plan -----------------------------------------------------------------------------
     def planned(self) -> list[tuple[dict[str, Any], int]] | None:
@@ -100,49 +124,88 @@ class Sweep:
             lines += [f"  {point_key(params, seed)}" for params, seed in planned]
         return "\n".join(lines)
 
-    # -- ledger -----------------------------------------------------------------------------
-    def reconcile(self, study: optuna.Study) -> Ledger:
-        """Read the study; adopt orphans that finished, fail those that died; make results.jsonl complete."""
-        ledger = Ledger()
-        written = self._written_trials()
-        if self.planned() is not None:
-            self._drop_stale_waiting(study)
-        for trial in study.get_trials(deepcopy=False):
-            key = trial.user_attrs.get("point")
-            if key is None:
+    # -- the ledger: claims, orphans, results.jsonl ----------------------------------------------------
+    def points(self, trials: list[optuna.trial.FrozenTrial]) -> list[tuple[dict[str, Any], int]]:
+        """Every point the sweep must run so far: the grid, or each sampled parameter set once per seed."""
+        planned = self.planned()
+        if planned is not None:
+            return planned
+        sampled: dict[str, dict[str, Any]] = {}
+        for trial in _sampled(trials):
+            sampled.setdefault(json.dumps(trial.params, sort_keys=True), trial.params)
+        return [(params, seed) for params in sampled.values() for seed in self.spec.seeds]
+
+    def claim(self, study: optuna.Study) -> tuple[optuna.trial.Trial, dict[str, Any], int, Path] | None:
+        """Under the storage's lock: settle orphans, queue every missing point once, and take one."""
+        retries = self.spec.launcher.max_retries
+        with self.lock.held():
+            self._settle(study)
+            trials = study.get_trials(deepcopy=False)
+            states = point_states(trials)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            for params, seed in self.points(trials):
+                state = states.get(point_key(params, seed), PointState())
+                if not (state.done or state.active or state.failures > retries):
+                    study.enqueue_trial(params, user_attrs={"point": point_key(params, seed), "seed": seed})
+                    waiting = True
+            if not waiting and (self.planned() is not None or len(_sampled(trials)) >= self.spec.n_trials):
+                return None
+            if not waiting:
+                study.sampler = make_sampler(self.spec, draw=len(trials))
+            trial = study.ask()  # the oldest waiting point, else the sampler's next one
+            trial.set_user_attr("driver", self.driver)
+            params = self._suggest(trial)
+            if "seed" in trial.user_attrs:
+                seed = trial.user_attrs["seed"]
+            else:  # a new sample: run it with the first seed now and queue the other seeds
+                seed = self.spec.seeds[0]
+                trial.set_user_attr("sampled", True)  # counts towards n_trials even if it repeats a point
+                trial.set_user_attr("seed", seed)
+                trial.set_user_attr("point", point_key(params, seed))
+                for other in self.spec.seeds[1:]:
+                    study.enqueue_trial(params, user_attrs={"point": point_key(params, other), "seed": other})
+        earlier = states.get(point_key(params, seed), PointState()).run_dir
+        return trial, params, seed, Path(earlier) if earlier else self.run_dir(params, seed)
+
+    def _settle(self, study: optuna.Study) -> None:
+        """Finish the running trials that nobody will tell: their driver died and so did their job (or it ended)."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number in self.mine or not self._abandoned(trial):
                 continue
-            if trial.state == TrialState.RUNNING:
-                trial = self._settle_orphan(study, trial)
-            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                ledger.done.add(key)
-            elif trial.state == TrialState.FAIL and not str(trial.user_attrs.get("error")).startswith(_INTERRUPTED):
-                ledger.attempts[key] = ledger.attempts.get(key, 0) + 1
-            if trial.state.is_finished() and trial.number not in written:
+            if "run_dir" not in trial.user_attrs:  # the driver died between asking and submitting: nothing ran
+                result = {"status": "failed", "error": f"{_INTERRUPTED} before launch"}
+            else:
+                record = _read_record(Path(trial.user_attrs["run_dir"]) / "record.json")
+                result = record or {"status": "failed", "error": "its driver and job died"}
+            self._tell(study, trial.number, result)
+            self._append(study._storage.get_trial(trial._trial_id))
+
+    def _abandoned(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """True when no live driver owns the trial and its job is over; unknowable cases count as alive."""
+        attrs = trial.user_attrs
+        host, _, pid = attrs.get("driver", "").rpartition(":")
+        here = host == socket.gethostname()
+        if "driver" not in attrs:
+            driver_alive: bool | None = False
+        elif here:
+            driver_alive = int(pid) != os.getpid() and _alive(int(pid))
+        else:
+            driver_alive = None  # a driver on another machine: only its job's state can tell
+        if driver_alive:
+            return False
+        job, launcher = attrs.get("job_id"), attrs.get("launcher")
+        if job is not None and launcher == "slurm":
+            return _slurm_job_gone(job)
+        if job is not None and launcher == "local":
+            return here and not _alive(int(job))
+        return driver_alive is False  # no job yet, or an in-process (debug) job that died with its driver
+
+    def _sync_results(self, study: optuna.Study) -> None:
+        """Append the finished trials results.jsonl lacks (a driver killed between telling and writing)."""
+        written = self._written_trials()
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.is_finished() and trial.number not in written and "point" in trial.user_attrs:
                 self._append(trial)
-        for key, attempts in ledger.attempts.items():
-            if attempts > self.spec.launcher.max_retries and key not in ledger.done:
-                ledger.final_failures.append(f"{key}: failed {attempts} times in earlier runs (see results.jsonl)")
-        return ledger
-
-    def _settle_orphan(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
-        """A RUNNING trial left by a driver that died: wait for its local job, then adopt its record or fail it."""
-        if "run_dir" not in trial.user_attrs:  # the driver died between asking and submitting: nothing ran
-            self._tell(study, trial.number, {"status": "failed", "error": f"{_INTERRUPTED} before launch"})
-            return study._storage.get_trial(trial._trial_id)
-        pid = trial.user_attrs.get("pid")
-        while pid and _alive(pid):
-            time.sleep(_POLL_SECONDS)
-        record = _read_record(Path(trial.user_attrs["run_dir"]) / "record.json")
-        self._tell(study, trial.number, record or {"status": "failed", "error": "its driver or job died"})
-        return study._storage.get_trial(trial._trial_id)
-
-    def _drop_stale_waiting(self, study: optuna.Study) -> None:
-        """Grid points enqueued by a driver that died before asking for them: close them, so that asks stay in step."""
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        for _ in waiting:
-            trial = study.ask()  # pops the oldest waiting trial
-            trial.set_user_attr("error", f"{_INTERRUPTED} before launch")
-            study.tell(trial, state=TrialState.FAIL)
 
     def _written_trials(self) -> set[int]:
         if not self.results_path.exists():
@@ -156,30 +219,18 @@ class Sweep:
         return numbers
 
     # -- one trial ----------------------------------------------------------------------------
-    def _launch(self, study: optuna.Study, executor: Any, params: dict[str, Any] | None, seed: int) -> Running:
-        if params is not None:
-            study.enqueue_trial(params, user_attrs={"point": point_key(params, seed), "seed": seed})
-        trial = study.ask()  # an enqueued point if any is waiting, else the sampler's next point
-        params = self._suggest(trial)
-        if "seed" in trial.user_attrs:
-            seed = trial.user_attrs["seed"]
-        else:  # a sampled point: run it with the first seed now and queue the other seeds
-            seed = self.spec.seeds[0]
-            trial.set_user_attr("seed", seed)
-            trial.set_user_attr("point", point_key(params, seed))
-            for other in self.spec.seeds[1:]:
-                study.enqueue_trial(params, user_attrs={"point": point_key(params, other), "seed": other})
-        run_dir = self.run_dir(params, seed)
+    def _launch(self, study: optuna.Study, executor: Any, trial: optuna.trial.Trial, params: dict[str, Any],
+                seed: int, run_dir: Path) -> Running:
         config = trial_config(self.spec, params, seed, run_dir, self.folder)
         trial.set_user_attr("run_dir", str(run_dir))
         study_info = {"name": self.spec.name, "storage": self.storage, "trial_number": trial.number,
                       "sweep": self.spec.name, "wandb_dir": str(self.out),
                       "prune_metric": self.spec.pruner.metric if self.spec.pruner.name != "none" else None,
                       "pruner": self.spec.pruner.name, "prune_warmup": self.spec.pruner.warmup_epochs}
+        self.mine.add(trial.number)
         job = executor.submit(TrialJob(), config.model_dump(mode="json"), study_info,
                               threads_per_job(self.spec.launcher.parallelism))
-        if self.spec.launcher.kind == "local":
-            trial.set_user_attr("pid", int(job.job_id))
+        trial.set_user_attr("launcher", self.spec.launcher.kind)
         trial.set_user_attr("job_id", str(job.job_id))
         return Running(trial, (params, seed), job)
 
@@ -197,7 +248,7 @@ class Sweep:
     def _tell(self, study: optuna.Study, number: int, result: dict[str, Any]) -> None:
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         attrs = {"status": result["status"], "record": result.get("record") or result.get("paths", {}).get("record"),
-                 "error": result.get("error"), **{f"summary.{k}": v for k, v in result.get("summary", {}).items()}}
+                 "error": result.get("error"), "log": result.get("log"), **{f"summary.{k}": v for k, v in result.get("summary", {}).items()}}
         for key, value in attrs.items():
             study._storage.set_trial_user_attr(trial_id, key, value)
         if result["status"] == "ok":
@@ -235,68 +286,94 @@ class Sweep:
             ensure_pretrained(name)
 
     def run(self) -> int:
-        with driver_lock(self.out):
-            study = open_study(self.spec, self.storage)
-            self.prepare()
-            ledger = self.reconcile(study)
-            queue = self._queue(study, ledger)
-            executor = make_executor(self.spec.launcher.kind, self.out / "jobs", self.spec.launcher.parallelism,
-                                     self.spec.launcher.profile)
-            running: list[Running] = []
-            bar = tqdm(total=self.total(), initial=min(self.total(), len(ledger.done)), desc=self.spec.name)
-            try:
-                while queue or running:
-                    while queue and len(running) < self.spec.launcher.parallelism:
-                        params, seed = queue.pop(0)
-                        running.append(self._launch(study, executor, params, seed))
-                    time.sleep(_POLL_SECONDS)
-                    for item in [r for r in running if r.job.done()]:
-                        running.remove(item)
-                        self._finish(study, item, ledger, queue, bar)
-            except KeyboardInterrupt:
-                for item in running:
-                    item.job.cancel(check=False)
-                    self._tell(study, item.trial.number, {"status": "failed", "error": f"{_INTERRUPTED} (Ctrl-C)"})
-                bar.close()
-                print("interrupted: run the same command again to continue")
-                return 130
+        self.out.mkdir(parents=True, exist_ok=True)
+        study = open_study(self.spec, self.storage)
+        self.prepare()
+        with self.lock.held():
+            self._settle(study)
+            self._sync_results(study)
+        executor = make_executor(self.spec.launcher.kind, self.out / "jobs", self.spec.launcher.parallelism,
+                                 self.spec.launcher.profile)
+        running: list[Running] = []
+        bar = tqdm(total=self.total(), desc=self.spec.name)
+        next_claim = 0.0
+        try:
+            while True:
+                if len(running) < self.spec.launcher.parallelism and time.monotonic() >= next_claim:
+                    while len(running) < self.spec.launcher.parallelism and (claim := self.claim(study)):
+                        running.append(self._launch(study, executor, *claim))
+                    next_claim = time.monotonic() + _CLAIM_SECONDS  # the storage is read this often at most
+                    self._show(bar, study)
+                    if not running and self._complete(study):
+                        break
+                time.sleep(_POLL_SECONDS)
+                for item in [r for r in running if self._over(r)]:
+                    running.remove(item)
+                    self._finish(study, item)
+                    next_claim = 0.0
+        except KeyboardInterrupt:
+            for item in running:
+                item.job.cancel(check=False)
+                self._tell(study, item.trial.number, {"status": "failed", "error": f"{_INTERRUPTED} (Ctrl-C)"})
             bar.close()
+            print("interrupted: run the same command again to continue")
+            return 130
+        bar.close()
+        with self.lock.held():
+            self._sync_results(study)
         print(self.summary(study))
         print(f"figures: python -m analysis.figures {self.out} --out {self.out / 'figures'}")
-        if ledger.final_failures:
-            print("failed trials: " + "; ".join(ledger.final_failures))
+        failures = self.final_failures(study)
+        if failures:
+            print("failed trials: " + "; ".join(failures))
             return 1
         return 0
 
-    def _queue(self, study: optuna.Study, ledger: Ledger) -> list[tuple[dict[str, Any] | None, int]]:
-        planned = self.planned()
-        if planned is not None:
-            return [(p, s) for p, s in planned if point_key(p, s) not in ledger.done
-                    and ledger.attempts.get(point_key(p, s), 0) <= self.spec.launcher.max_retries]
-        # each entry asks the study once: enqueued seeds of sampled points first, then new samples
-        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        return [(None, self.spec.seeds[0])] * max(0, self.total() - finished)
+    def _over(self, item: Running) -> bool:
+        """submitit learns that a SLURM job ended from its result file or from sacct; without accounting, and for a
+        job killed before writing a result, only squeue can tell, so ask it now and then."""
+        if item.job.done():
+            return True
+        if self.spec.launcher.kind != "slurm" or time.monotonic() < item.next_queue_check:
+            return False
+        item.next_queue_check = time.monotonic() + _QUEUE_CHECK_SECONDS
+        return _slurm_job_gone(str(item.job.job_id))
 
-    def _finish(self, study: optuna.Study, item: Running, ledger: Ledger, queue: list, bar: tqdm) -> None:
+    def _complete(self, study: optuna.Study) -> bool:
+        """Every point is done or out of retries, nothing is queued or running anywhere, no sample is missing."""
+        trials = study.get_trials(deepcopy=False)
+        if self.planned() is None and len(_sampled(trials)) < self.spec.n_trials:
+            return False
+        states = point_states(trials)
+        retries = self.spec.launcher.max_retries
+        return all((s := states.get(point_key(p, seed))) is not None and not s.active
+                   and (s.done or s.failures > retries) for p, seed in self.points(trials))
+
+    def final_failures(self, study: optuna.Study) -> list[str]:
+        retries = self.spec.launcher.max_retries
+        return [f"trial {s.last.number} ({key}): failed {s.failures} times, last: {s.last.user_attrs.get('error')} "
+                f"[log: {s.last.user_attrs.get('log')}]"
+                for key, s in point_states(study.get_trials(deepcopy=False)).items()
+                if not s.done and s.failures > retries and s.last is not None]
+
+    def _finish(self, study: optuna.Study, item: Running) -> None:
         try:
             result = item.job.result()
         except Exception as exc:  # the job itself died (killed, out of memory, import error)
-            result = {"status": "failed", "error": f"job {item.job.job_id} died: {type(exc).__name__}: {str(exc)[:300]}"}
+            result = {"status": "failed", "error": f"job {item.job.job_id} died: {type(exc).__name__}: {str(exc)[:300]}",
+                      "log": str(item.job.paths.stderr)}
         self._tell(study, item.trial.number, result)
-        frozen = study._storage.get_trial(item.trial._trial_id)
-        self._append(frozen)
-        key = point_key(*item.point)
-        if frozen.state == TrialState.FAIL:
-            ledger.attempts[key] = ledger.attempts.get(key, 0) + 1
-            if ledger.attempts[key] <= self.spec.launcher.max_retries:
-                queue.append(item.point if self.planned() is not None else (None, item.point[1]))
-                return
-            ledger.final_failures.append(f"trial {frozen.number} ({key}): {result.get('error')} "
-                                         f"[log: {result.get('log') or item.job.paths.stderr}]")
-        bar.update()
-        best = self._best(study)
-        if best:
-            bar.set_postfix_str(best)
+        self.mine.discard(item.trial.number)
+        self._append(study._storage.get_trial(item.trial._trial_id))
+
+    def _show(self, bar: tqdm, study: optuna.Study) -> None:
+        """Points settled anywhere (this driver or another one sharing the study) and the running best."""
+        retries = self.spec.launcher.max_retries
+        states = point_states(study.get_trials(deepcopy=False))
+        settled = sum(1 for s in states.values() if s.done or (s.failures > retries and not s.active))
+        if settled != bar.n:
+            bar.n = min(settled, bar.total)
+            bar.set_postfix_str(self._best(study))
 
     def _best(self, study: optuna.Study) -> str:
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -332,6 +409,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _slurm_job_gone(job_id: str) -> bool:
+    """SLURM forgets a job some minutes after it ends (``squeue`` then says "Invalid job id"); until then it lists it."""
+    try:
+        listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # no way to tell: leave the trial to a driver that can
+    if listed.returncode == 0:
+        return listed.stdout.strip() in ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
+                                         "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+    return "Invalid job id" in listed.stderr
+
+
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -350,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="study storage: SQLAlchemy URL or journal:PATH")
     parser.add_argument("--parallelism", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    parser.add_argument("--engine", choices=("optuna", "wandb"), default="optuna",
+                        help="optuna (default): this driver and submitit jobs; wandb: a W&B sweep and a wandb.agent "
+                             "worker here (needs tracking.mode=online and a W&B login)")
+    parser.add_argument("--count", type=int, help="--engine wandb: at most this many trials in this worker")
+    parser.add_argument("--sweep-id", help="--engine wandb: join this existing W&B sweep instead of creating one")
     args = parser.parse_args(argv)
     overrides = list(args.set)
     for flag, key in (("out", "out"), ("launcher", "launcher.kind"), ("profile", "launcher.profile"),
@@ -363,6 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         if not spec.launcher.profile:
             raise ConfigError("launcher.profile: the slurm launcher needs a profile from slurm/ (--profile NAME)")
         load_profile(spec.launcher.profile)
+    if args.engine == "wandb":
+        from harness.wandb_sweep import run_wandb_sweep, sweep_config
+
+        if args.dry_run:
+            print(yaml.safe_dump(sweep_config(spec), sort_keys=False))
+            return 0
+        return run_wandb_sweep(spec, args.spec.parent, out, count=args.count, sweep_id=args.sweep_id)
     if args.dry_run:
         print(sweep.describe())
         return 0

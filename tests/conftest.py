@@ -39,3 +39,16 @@ def tiny_model():
     torch.manual_seed(0)
     model, tokenizer = create_model("digit-vit-t", pretrained=None)
     return model.eval(), tokenizer
+
+
+POSTGRES_ENV = "CAROT_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server for shared-storage tests: .ci/run starts one (tests/postgres/start-local-postgres.sh)."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"no PostgreSQL server: run tests/postgres/start-local-postgres.sh and set {POSTGRES_ENV} to the "
+                    "URL it prints (.ci/run does both)")
+    return url

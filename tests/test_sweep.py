@@ -185,7 +185,7 @@ def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path):
         make_executor("slurm", tmp_path, 2, "local")
 
 
-def test_resume_after_a_driver_died_between_enqueue_ask_and_submit(tmp_path):
+def test_resume_after_a_driver_died_between_enqueueing_asking_and_submitting(tmp_path):
     from harness.study import open_study
     from harness.sweep import Sweep
 
@@ -203,4 +203,5 @@ def test_resume_after_a_driver_died_between_enqueue_ask_and_submit(tmp_path):
     complete = [line for line in _results(out) if line["state"] == "COMPLETE"]
     assert sorted(line["params"]["method"] for line in complete) == ["flyp", "ft", "lp"]
     failed = [line for line in _results(out) if line["state"] == "FAIL"]
-    assert len(failed) == 2 and all(line["error"] == "interrupted before launch" for line in failed)
+    assert [(line["point"], line["error"]) for line in failed] == [("method='flyp' | seed=0", "interrupted before launch")]
+    assert len(_study(out, "torn").trials) == 4  # the waiting point was run as it was, not queued again

@@ -1,0 +1,75 @@
+"""Sweeps through a real SLURM: the one-node cluster tests/slurm/start-local-cluster.sh starts (.ci/run does)."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from harness.config import RunConfig
+from harness.sweep import main as sweep_main
+from harness.train import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM here: run tests/slurm/start-local-cluster.sh (.ci/run does)")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
+        pytest.skip(f"SLURM is installed but no node is up ({(states.stderr or states.stdout).strip()[:100]}): "
+                    "run tests/slurm/start-local-cluster.sh")
+
+
+def _results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_smoke_sweep_through_slurm(slurm_cluster, tmp_path, private_cache):
+    out = tmp_path / "out"
+    assert sweep_main([str(ROOT / "sweeps" / "smoke.yaml"), "--launcher", "slurm", "--profile", "local",
+                       "--out", str(out)]) == 0
+    lines = _results(out)
+    assert sorted(line["params"]["method"] for line in lines) == ["carot", "flyp"]
+    assert all(line["state"] == "COMPLETE" for line in lines)
+    trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert {t.user_attrs["launcher"] for t in trials} == {"slurm"}
+    assert all(t.user_attrs["job_id"].isdigit() for t in trials)  # a SLURM job id, not a local pid
+
+
+def test_a_timed_out_trial_is_requeued_and_resumes_to_the_same_result(slurm_cluster, tmp_path, private_cache):
+    """The job's 1-minute limit expires mid-training: submitit checkpoints on SIGUSR2, SLURM requeues the job and the
+    trial resumes from its own checkpoint; its record equals that of the same trial run without interruption.
+
+    SLURM sends the signal 10-40 s into a 1-minute job (it checks limits every 30 s), so the trial is sized to about
+    a minute of training here: always cut at least once, done within a few requeues."""
+    profile = tmp_path / "short.yaml"
+    profile.write_text(yaml.safe_dump({"cpus_per_task": 2, "mem_gb": 4, "timeout_min": 1, "signal_delay_s": 20,
+                                       "max_timeouts": 8}))
+    base = {"model": {"name": "digit-vit-t", "pretrained": None},
+            "optim": {"epochs": 12, "batch_size": 100, "warmup_steps": 2, "checkpoint_every": 4},
+            "eval": {"batch_size": 500}}
+    spec = tmp_path / "timeout.yaml"
+    spec.write_text(yaml.safe_dump({"name": "timeout", "base": base, "search": {"method": {"grid": ["flyp"]}},
+                                    "seeds": [0], "launcher": {"kind": "slurm", "profile": str(profile),
+                                                               "parallelism": 1},
+                                    "tracking": {"mode": "disabled"}, "out": str(tmp_path / "out")}))
+    assert sweep_main([str(spec)]) == 0
+    (line,) = _results(tmp_path / "out")
+    assert line["state"] == "COMPLETE"
+    record = json.loads((tmp_path / "out" / line["record"]).read_text())
+    assert record["resumed_from_step"] > 0, "the job was not requeued mid-training (it finished within one attempt)"
+
+    import torch
+
+    torch.set_num_threads(2)  # as the job ran: threads_per_job(1) on this 2-core machine
+    config = RunConfig.model_validate({**record["config"], "run_dir": str(tmp_path / "reference")})
+    reference = run(config, progress=False)
+    assert reference["resumed_from_step"] in (0, None)
+    for key, value in reference["summary"].items():
+        assert record["summary"][key] == pytest.approx(value, abs=1e-6), key
