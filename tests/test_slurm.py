@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -40,6 +42,26 @@ def test_smoke_sweep_through_slurm(slurm_cluster, tmp_path, private_cache):
     trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials
     assert {t.user_attrs["launcher"] for t in trials} == {"slurm"}
     assert all(t.user_attrs["job_id"].isdigit() for t in trials)  # a SLURM job id, not a local pid
+
+
+def test_jobs_of_a_killed_driver_are_adopted_not_rerun(slurm_cluster, tmp_path, private_cache):
+    """kill -9 the driver while its jobs run on SLURM; the same command again waits for them (squeue) and takes
+    their records: no trial runs twice."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "harness.sweep", str(ROOT / "sweeps" / "smoke.yaml"), "--launcher", "slurm",
+               "--profile", "local", "--out", str(out)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "jobs").glob("*_submitted.pkl"))) < 2:
+        time.sleep(0.5)
+    driver.kill()
+    driver.wait()
+    assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 2, "the driver did not submit both jobs in time"
+    assert sweep_main(command[3:]) == 0
+    trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert len(trials) == 2 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 2  # nothing was submitted again
+    assert sorted(line["params"]["method"] for line in _results(out)) == ["carot", "flyp"]
 
 
 def test_a_timed_out_trial_is_requeued_and_resumes_to_the_same_result(slurm_cluster, tmp_path, private_cache):
