@@ -154,6 +154,7 @@ class Sweep:
                 study.sampler = make_sampler(self.spec, draw=len(trials))
             trial = study.ask()  # the oldest waiting point, else the sampler's next one
             trial.set_user_attr("driver", self.driver)
+            self.mine.add(trial.number)
             params = self._suggest(trial)
             if "seed" in trial.user_attrs:
                 seed = trial.user_attrs["seed"]
@@ -219,20 +220,27 @@ class Sweep:
         return numbers
 
     # -- one trial ----------------------------------------------------------------------------
-    def _launch(self, study: optuna.Study, executor: Any, trial: optuna.trial.Trial, params: dict[str, Any],
-                seed: int, run_dir: Path) -> Running:
-        config = trial_config(self.spec, params, seed, run_dir, self.folder)
-        trial.set_user_attr("run_dir", str(run_dir))
-        study_info = {"name": self.spec.name, "storage": self.storage, "trial_number": trial.number,
-                      "sweep": self.spec.name, "wandb_dir": str(self.out),
-                      "prune_metric": self.spec.pruner.metric if self.spec.pruner.name != "none" else None,
-                      "pruner": self.spec.pruner.name, "prune_warmup": self.spec.pruner.warmup_epochs}
-        self.mine.add(trial.number)
-        job = executor.submit(TrialJob(), config.model_dump(mode="json"), study_info,
-                              threads_per_job(self.spec.launcher.parallelism))
-        trial.set_user_attr("launcher", self.spec.launcher.kind)
-        trial.set_user_attr("job_id", str(job.job_id))
-        return Running(trial, (params, seed), job)
+    def _launch(self, study: optuna.Study, executor: Any, claims: list[tuple]) -> list[Running]:
+        """Submit claimed trials; on SLURM several at once go out as one job array (one sbatch for the wave)."""
+        submissions = []
+        for trial, params, seed, run_dir in claims:
+            config = trial_config(self.spec, params, seed, run_dir, self.folder)
+            trial.set_user_attr("run_dir", str(run_dir))
+            study_info = {"name": self.spec.name, "storage": self.storage, "trial_number": trial.number,
+                          "sweep": self.spec.name, "wandb_dir": str(self.out),
+                          "prune_metric": self.spec.pruner.metric if self.spec.pruner.name != "none" else None,
+                          "pruner": self.spec.pruner.name, "prune_warmup": self.spec.pruner.warmup_epochs}
+            submissions.append((config.model_dump(mode="json"), study_info))
+        threads = threads_per_job(self.spec.launcher.parallelism)
+        if self.spec.launcher.kind == "slurm" and len(submissions) > 1:
+            with executor.batch():
+                jobs = [executor.submit(TrialJob(), config, info, threads) for config, info in submissions]
+        else:
+            jobs = [executor.submit(TrialJob(), config, info, threads) for config, info in submissions]
+        for (trial, *_), job in zip(claims, jobs):
+            trial.set_user_attr("launcher", self.spec.launcher.kind)
+            trial.set_user_attr("job_id", str(job.job_id))
+        return [Running(trial, (params, seed), job) for (trial, params, seed, _), job in zip(claims, jobs)]
 
     def _suggest(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         params = {}
@@ -300,8 +308,10 @@ class Sweep:
         try:
             while True:
                 if len(running) < self.spec.launcher.parallelism and time.monotonic() >= next_claim:
-                    while len(running) < self.spec.launcher.parallelism and (claim := self.claim(study)):
-                        running.append(self._launch(study, executor, *claim))
+                    claims = []
+                    while len(running) + len(claims) < self.spec.launcher.parallelism and (claim := self.claim(study)):
+                        claims.append(claim)
+                    running += self._launch(study, executor, claims) if claims else []
                     next_claim = time.monotonic() + _CLAIM_SECONDS  # the storage is read this often at most
                     self._show(bar, study)
                     if not running and self._complete(study):

@@ -41,7 +41,19 @@ def test_smoke_sweep_through_slurm(slurm_cluster, tmp_path, private_cache):
     assert all(line["state"] == "COMPLETE" for line in lines)
     trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials
     assert {t.user_attrs["launcher"] for t in trials} == {"slurm"}
-    assert all(t.user_attrs["job_id"].isdigit() for t in trials)  # a SLURM job id, not a local pid
+    array_ids = {t.user_attrs["job_id"].split("_")[0] for t in trials}  # SLURM job ids ARRAY_INDEX, not local pids
+    assert len(array_ids) == 1 and sorted(t.user_attrs["job_id"].split("_")[1] for t in trials) == ["0", "1"]
+
+
+def _job_ids(out: Path) -> list[str]:
+    """The SLURM job ids the driver has recorded in the study so far."""
+    if not (out / "study.db").exists():
+        return []
+    try:
+        study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")
+    except KeyError:  # created, not yet named
+        return []
+    return [t.user_attrs["job_id"] for t in study.trials if "job_id" in t.user_attrs]
 
 
 def test_jobs_of_a_killed_driver_are_adopted_not_rerun(slurm_cluster, tmp_path, private_cache):
@@ -52,11 +64,11 @@ def test_jobs_of_a_killed_driver_are_adopted_not_rerun(slurm_cluster, tmp_path, 
                "--profile", "local", "--out", str(out)]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "jobs").glob("*_submitted.pkl"))) < 2:
+    while time.time() < deadline and len(_job_ids(out)) < 2:
         time.sleep(0.5)
     driver.kill()
     driver.wait()
-    assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 2, "the driver did not submit both jobs in time"
+    assert len(_job_ids(out)) == 2, "the driver did not submit both jobs in time"
     assert sweep_main(command[3:]) == 0
     trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials
     assert len(trials) == 2 and {t.state.name for t in trials} == {"COMPLETE"}
