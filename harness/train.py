@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 import harness
 from harness.cli import config_parser, parse_config, run_cli
-from harness.config import RunConfig, config_hash
+from harness.config import LossConfig, RunConfig, config_hash
 from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
+from harness.distributed import SINGLE_PROCESS, DistributedEnvironment, Gather, gather_features, identity, local_rows
 from harness.ema import EMATeacher, momentum_at
 from harness.errors import UsageError
 from harness.evaluate import format_table, predict_logits
@@ -86,19 +87,83 @@ def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
 
 
-class Trainer:
-    """The state of one trial's training (model, head, teacher, optimizer, step) and its loop."""
+def contrastive_terms(
+    forward: torch.nn.Module,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    caption_index: torch.Tensor,
+    labels: torch.Tensor,
+    loss: LossConfig,
+    teacher: torch.nn.Module | None = None,
+    gather: Gather = identity,
+) -> dict[str, torch.Tensor]:
+    """The unweighted loss terms of one contrastive batch (FLYP / CaRot), over the *whole* batch.
 
-    def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks):
+    ``images`` are this process's rows, ``tokens`` its unique captions and ``caption_index`` each
+    image's caption among them (identical captions are encoded once: exact, rows are independent);
+    ``labels`` are the whole batch's. ``forward`` is ``model`` or its DDP wrapper (the features must
+    come from its forward for DDP to average the gradients). ``gather`` concatenates every process's
+    rows (``harness.distributed.gather_features``; identity in a single process), so the logits,
+    same-class targets and teacher logits are those of the whole batch on every process.
+    """
+    image_features, text_features, scale = forward(images, tokens)[:3]  # open_clip CLIP: normalised features, exp(scale)
+    image_features, text_features = gather(image_features), gather(text_features[caption_index])
+    targets = None
+    if loss.same_class_positives:
+        same = (labels[:, None] == labels[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+    terms = {"contrastive": contrastive_loss(image_features, text_features, scale, loss.label_smoothing, targets)}
+    if loss.oc_weight > 0:
+        terms["oc"] = orthogonality_penalty(visual_projection(model))
+    if loss.cross_weight > 0:
+        terms["cross"] = cross_norm_penalty(visual_projection(model), text_projection(model))
+    if teacher is not None:
+        with torch.inference_mode():  # cheaper than no_grad: no version counters, no views tracked
+            teacher_images = encode_images(teacher, images)
+            teacher_texts = encode_texts(teacher, tokens)[caption_index]
+        # normal tensors, so that they can be gathered and autograd may save the logits as a target
+        teacher_images, teacher_texts = gather(teacher_images.clone()), gather(teacher_texts.clone())
+        teacher_logits = teacher.logit_scale.exp().detach() * teacher_images @ teacher_texts.T
+        student_logits = scale * image_features @ text_features.T
+        terms["sd"] = distillation_loss(student_logits, student_logits.T, teacher_logits, teacher_logits.T)
+    return terms
+
+
+def weighted_loss(terms: dict[str, torch.Tensor], loss: LossConfig) -> torch.Tensor:
+    """L = sum of the terms, λ_OC, λ_cross and λ_SD applied."""
+    weights = {"oc": loss.oc_weight, "cross": loss.cross_weight, "sd": loss.sd_weight}
+    return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+
+
+class Trainer:
+    """The state of one trial's training (model, head, teacher, optimizer, step) and its loop.
+
+    With a multi-process ``env``, each process trains on its share of every batch through a
+    ``DistributedDataParallel`` wrapper (contrastive stages only) and only the main process saves
+    checkpoints and reports to the callbacks.
+    """
+
+    def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
+                 env: DistributedEnvironment = SINGLE_PROCESS):
         self.config, self.benchmark, self.run_dir, self.callbacks = config, benchmark, run_dir, callbacks
+        self.env = env
+        self.gather: Gather = gather_features if env.is_distributed else identity
         self.method = METHODS[config.method]
         self.model, self.tokenizer = create_model(config.model.name, config.model.pretrained)
+        self.forward: torch.nn.Module = self.model  # the DDP wrapper of a distributed contrastive stage
         self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
         self.teacher = EMATeacher(self.model) if self.method.carot_terms and config.loss.sd_weight > 0 else None
         self.steps_per_epoch = len(benchmark.train) // config.optim.batch_size
         if self.method.trains and self.steps_per_epoch == 0:
             raise UsageError(f"optim.batch_size ({config.optim.batch_size}) exceeds the training set ({len(benchmark.train)})")
+        if env.is_distributed:
+            if config.optim.batch_size % env.world_size:
+                raise UsageError(f"optim.batch_size ({config.optim.batch_size}) must be divisible by the"
+                                 f" number of processes ({env.world_size})")
+            if any(stage.objective != "contrastive" for stage in self.method.stages):
+                raise UsageError(f"multi-process training supports contrastive methods only, not {config.method}")
         self.stage_steps = [self._epochs(stage, i) * self.steps_per_epoch for i, stage in enumerate(self.method.stages)]
         self.total_steps = sum(self.stage_steps)
         self.step = 0
@@ -114,6 +179,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
+        if not self.env.is_main:  # every process holds the same state; one writer
+            return
         state = {
             "step": self.step,
             "config_digest": config_hash(self.config),
@@ -149,46 +216,27 @@ class Trainer:
             self.token_cache.update(zip(missing, self.tokenizer(missing)))
         return torch.stack([self.token_cache[c] for c in captions])
 
-    def _captions(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of the unique captions of this step and, per image, the index of its caption.
+    def _captions(self, labels: torch.Tensor, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of the unique captions of this step's ``rows`` and, per such image, the index of its caption.
 
-        Each image gets a template drawn from a generator seeded by (seed, step); identical
+        Each image of the whole batch (``labels``) gets a template drawn from a generator seeded by
+        (seed, step), so a process's share gets the captions one process would give it; identical
         captions are encoded once (exact: rows of a batch are independent).
         """
         templates = self.benchmark.templates
         choice = torch.randint(len(templates), (len(labels),), generator=_generator(self.config.seed, 1, self.step))
         captions = [templates[t].format(self.benchmark.classnames[y]) for t, y in zip(choice.tolist(), labels.tolist())]
+        captions = captions[rows]
         unique = list(dict.fromkeys(captions))
         position = {caption: i for i, caption in enumerate(unique)}
         return self._tokens(unique), torch.tensor([position[c] for c in captions])
 
-    def _contrastive_terms(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss = self.config.loss
-        tokens, caption_index = self._captions(labels)
-        image_features = encode_images(self.model, images)
-        text_features = encode_texts(self.model, tokens)[caption_index]
-        scale = self.model.logit_scale.exp()
-        targets = None
-        if loss.same_class_positives:
-            same = (labels[:, None] == labels[None, :]).float()
-            targets = same / same.sum(dim=1, keepdim=True)
-        terms = {"contrastive": contrastive_loss(image_features, text_features, scale, loss.label_smoothing, targets)}
-        if loss.oc_weight > 0:
-            terms["oc"] = orthogonality_penalty(visual_projection(self.model))
-        if loss.cross_weight > 0:
-            terms["cross"] = cross_norm_penalty(visual_projection(self.model), text_projection(self.model))
-        if self.teacher is not None:
-            with torch.inference_mode():  # cheaper than no_grad: no version counters, no views tracked
-                teacher = self.teacher.model
-                teacher_logits = (
-                    teacher.logit_scale.exp()
-                    * encode_images(teacher, images)
-                    @ encode_texts(teacher, tokens)[caption_index].T
-                )
-            teacher_logits = teacher_logits.clone()  # a normal tensor, so autograd may save it as a target
-            student_logits = scale * image_features @ text_features.T
-            terms["sd"] = distillation_loss(student_logits, student_logits.T, teacher_logits, teacher_logits.T)
-        return terms
+    def _contrastive_terms(self, images: torch.Tensor, labels: torch.Tensor, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+        """The terms of the whole batch (``labels``) from this process's ``rows`` of it (``images``)."""
+        tokens, caption_index = self._captions(labels, rows)
+        teacher = self.teacher.model if self.teacher is not None else None
+        return contrastive_terms(self.forward, self.model, images, tokens, caption_index, labels, self.config.loss,
+                                 teacher, self.gather)
 
     def _cross_entropy_terms(self, stage: Stage, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if stage.trains == "head":
@@ -200,9 +248,7 @@ class Trainer:
         return {"cross_entropy": F.cross_entropy(logits, labels, label_smoothing=self.config.loss.label_smoothing)}
 
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = self.config.loss
-        weights = {"oc": loss.oc_weight, "cross": loss.cross_weight, "sd": loss.sd_weight}
-        return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        return weighted_loss(terms, self.config.loss)
 
     # -- the loop ----------------------------------------------------------------------------
     def _trainable(self, stage: Stage) -> list[tuple[str, torch.nn.Parameter]]:
@@ -247,7 +293,7 @@ class Trainer:
             while self.step < stage_end:
                 self.train_step(stage, optimizer, self.step - stage_start, stage_steps)
                 bar.update()
-                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch:
+                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch and self.env.is_main:
                     self._evaluate_epoch(self.step // self.steps_per_epoch)
                 if self.step % optim_config.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint(stage_index, optimizer)
@@ -257,6 +303,10 @@ class Trainer:
     def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         """AdamW over what ``stage`` trains (and nothing else requires grad)."""
         groups = decay_groups(self._trainable(stage), self.config.optim.weight_decay)
+        if self.env.is_distributed:  # after _trainable: DDP registers the parameters that require grad
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model)
         return torch.optim.AdamW(groups, lr=self.config.optim.lr)
 
     def train_step(self, stage: Stage, optimizer: torch.optim.Optimizer, stage_step: int, stage_steps: int) -> None:
@@ -267,11 +317,12 @@ class Trainer:
         order = torch.randperm(len(self.benchmark.train), generator=_generator(self.config.seed, 0, epoch))
         index = order[position * optim_config.batch_size : (position + 1) * optim_config.batch_size]
         train = self.benchmark.train
-        images, labels = train.normalise(train.images[index]), train.labels[index]
+        rows = local_rows(len(index), self.env)  # this process's share; labels stay the whole batch's
+        images, labels = train.normalise(train.images[index[rows]]), train.labels[index]
         factor = cosine_with_warmup(stage_step, stage_steps, optim_config.warmup_steps)
         set_learning_rate(optimizer, optim_config.lr, factor)
         if stage.objective == "contrastive":
-            terms = self._contrastive_terms(images, labels)
+            terms = self._contrastive_terms(images, labels, rows)
         else:
             terms = self._cross_entropy_terms(stage, images, labels)
         loss = self._weighted(terms)
@@ -291,8 +342,9 @@ class Trainer:
             self.teacher.update(self.model, momentum_at(self.step, self.total_steps, ema.m_src, ema.m_tar, ema.warmup))
         self.step_seconds.append(time.perf_counter() - started)
         self.step += 1
-        self.callbacks.on_step(self.step - 1, {k: v.item() for k, v in terms.items()} | {"loss": loss.item()},
-                               optim_config.lr * factor)
+        if self.env.is_main:
+            self.callbacks.on_step(self.step - 1, {k: v.item() for k, v in terms.items()} | {"loss": loss.item()},
+                                   optim_config.lr * factor)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluation_head(self, model: torch.nn.Module) -> torch.nn.Linear:

@@ -1,0 +1,134 @@
+"""Multi-process trials: where this process sits in the job, the process group, and feature gathering.
+
+A trial may run as W processes (one per GPU, e.g. a submitit job with ``tasks_per_node=W``), each
+on 1/W of every batch, the model wrapped in ``DistributedDataParallel``. The contrastive and
+distillation losses compare every image with every caption of the *whole* batch, so each process
+gathers all processes' features (``gather_features``) and computes the loss of the whole batch;
+with DDP's gradient averaging this gives exactly the loss and gradients of one process on the
+whole batch (see ``gather_features``). Only the main process (rank 0) logs, evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DistributedEnvironment:
+    """This process's place in the job; the default is a single process (no process group)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, evaluates and writes records and checkpoints (the others would duplicate them)."""
+        return self.rank == 0
+
+
+SINGLE_PROCESS = DistributedEnvironment()
+
+
+def _submitit_job_environment() -> bool:
+    try:
+        import submitit
+
+        return submitit.JobEnvironment().activated()
+    except Exception:  # not installed, or not inside a job
+        return False
+
+
+def environment_from_env() -> DistributedEnvironment:
+    """The environment of this process: submitit's when inside a submitit job, else RANK/WORLD_SIZE/...
+
+    Inside submitit, ``TorchDistributedEnvironment`` derives ranks from SLURM's variables and a master
+    port from the job id; ``export()`` also sets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE so that
+    ``init_process_group(init_method="env://")`` works. Without any of these: a single process.
+    """
+    if _submitit_job_environment():
+        from submitit.helpers import TorchDistributedEnvironment
+
+        env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        return DistributedEnvironment(env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
+    if "WORLD_SIZE" not in os.environ:
+        return SINGLE_PROCESS
+    return DistributedEnvironment(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=int(os.environ.get("MASTER_PORT", 29500)),
+    )
+
+
+def init_process_group(env: DistributedEnvironment, device: torch.device | str = "cpu") -> None:
+    """Join the job's process group (nccl on CUDA, gloo on CPU); a no-op for a single process."""
+    if not env.is_distributed or dist.is_initialized():
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The gather of a single process."""
+    return x
+
+
+def gather_features(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows of ``x`` concatenated in rank order; gradients flow back to each rank's own rows.
+
+    Uses ``torch.distributed.nn.functional.all_gather``, whose backward *sums* the gradients of
+    every rank's copy of the gathered tensor onto the rank that owns the rows. Why this is exact:
+    every rank computes the same loss L of the whole batch (same gathered features, same global
+    labels). For rank r's features x_r, rank k's loss gives dL/dx_r, so rank r receives
+    sum_k dL/dx_r = W·dL/dx_r and its parameter gradient is W·(dL/dx_r)(dx_r/dθ) plus the direct
+    terms dL/dθ_direct (logit scale, projection penalties), which every rank computes in full.
+    DDP averages over ranks: (1/W)·sum_r W·(dL/dx_r)(dx_r/dθ) + (1/W)·W·dL/dθ_direct
+    = sum_r (dL/dx_r)(dx_r/dθ) + dL/dθ_direct = dL/dθ, the single-process gradient.
+    (A plain ``all_gather`` with the local rows put back would give rank r only dL/dx_r, i.e.
+    1/W of the feature part after averaging.) All ranks must pass the same shape.
+    Tensors without grad (the EMA teacher's features) go through a plain all_gather.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    if x.requires_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def local_rows(n: int, env: DistributedEnvironment) -> slice:
+    """This rank's contiguous share of a batch of ``n`` rows (``n`` divisible by the world size)."""
+    if n % env.world_size:
+        raise ValueError(f"a batch of {n} cannot be split evenly over {env.world_size} processes")
+    share = n // env.world_size
+    return slice(env.rank * share, (env.rank + 1) * share)

@@ -1,0 +1,246 @@
+"""Two processes on halves of a batch (gloo, DDP) give the loss and gradients of one process on the whole batch.
+
+The workers run the real training step (``Trainer.train_step``) of the tiny random CLIP on a
+small synthetic benchmark, for a FLYP-style config (label smoothing, same-class positives) and a
+CaRot-style one (plus orthogonality, cross-norm and distillation from a perturbed teacher copy),
+and write the loss terms and every parameter's gradient; the test compares them with one
+in-process run on the whole batch. Run as a script, this file is the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import load_run_config
+from harness.data import Benchmark, ImageSet
+from harness.distributed import (
+    SINGLE_PROCESS,
+    DistributedEnvironment,
+    destroy_process_group,
+    environment_from_env,
+    gather_features,
+    init_process_group,
+    local_rows,
+)
+from harness.train import TrainCallbacks, Trainer
+
+BATCH = 8
+# float32 throughout; the two computations differ only in summation order (DDP's all-reduce, the
+# gathered matmuls): observed |diff| <= 3e-6 of each gradient tensor's largest entry, losses equal.
+# A wrong gather is off by 50% (test_a_plain_all_gather_gets_the_gradients_wrong).
+RTOL, ATOL = 1e-4, 1e-6
+CASES = {
+    "flyp": ["method=flyp", "loss.label_smoothing=0.1", "loss.same_class_positives=true"],
+    "carot": ["method=carot", "loss.label_smoothing=0.1", "loss.same_class_positives=true", "loss.oc_weight=0.2",
+              "loss.cross_weight=0.05", "loss.sd_weight=1.5", "ema.period=1000"],
+}
+WORKER_TIMEOUT_S = 120
+
+
+def _benchmark() -> Benchmark:
+    """16 random 32x32 images of 4 classes (so batches hold same-class pairs), 3 caption templates."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (16, 32, 32), dtype=torch.uint8, generator=generator)
+    train = ImageSet(images, torch.arange(16) % 4)
+    return Benchmark(
+        name="synthetic", classnames=["zero", "one", "two", "three"],
+        templates=["a photo of {}.", "the digit {}", "{}"], zeroshot_templates=["the digit {}"],
+        pretrain=train, train=train, val=train, tests={"id": train}, id_test="id",
+    )
+
+
+class _Record(TrainCallbacks):
+    def __init__(self) -> None:
+        self.losses: dict[str, float] = {}
+
+    def on_step(self, step: int, losses: dict[str, float], lr: float) -> None:
+        self.losses = losses
+
+
+def _plain_gather(x: torch.Tensor) -> torch.Tensor:
+    """The naive gather: a non-differentiable all_gather with this rank's rows put back (wrong by 1/W)."""
+    env = environment_from_env()
+    parts = [torch.empty_like(x) for _ in range(env.world_size)]
+    torch.distributed.all_gather(parts, x.detach().contiguous())
+    parts[env.rank] = x
+    return torch.cat(parts)
+
+
+def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str = "exact") -> dict:
+    """One real training step of ``case``; its loss terms (main process) and every parameter's gradient."""
+    config = load_run_config(None, [*CASES[case], "model.name=digit-vit-t", "model.pretrained=null",
+                                    f"optim.batch_size={BATCH}", "optim.epochs=1", f"run_dir={run_dir}"])
+    torch.manual_seed(0)  # the same random init on every process and in the reference
+    callbacks = _Record()
+    trainer = Trainer(config, _benchmark(), run_dir, callbacks, env)
+    if gather == "plain":
+        trainer.gather = _plain_gather
+    if trainer.teacher is not None:  # a teacher equal to the student gives the distillation term no gradient
+        generator = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for param in trainer.teacher.model.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    stage = trainer.method.stages[0]
+    optimizer = trainer.make_optimizer(stage)
+    trainer.model.train()
+    trainer.train_step(stage, optimizer, 0, trainer.total_steps)
+    grads = {name: param.grad.detach().clone() for name, param in trainer.model.named_parameters()}
+    return {"losses": callbacks.losses, "grads": grads}
+
+
+def _worker(out_dir: Path, gathers: list[str]) -> None:
+    """Each gather mode x each case, in one process group (process start-up dominates the test's time)."""
+    env = environment_from_env()
+    init_process_group(env)
+    try:
+        results = {gather: {case: one_step(case, env, out_dir / f"run-{gather}-{case}-{env.rank}", gather)
+                            for case in CASES} for gather in gathers}
+        torch.save(results, out_dir / f"rank{env.rank}.pt")
+    finally:
+        destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn_two(out_dir: Path, gathers: str = "exact,plain") -> list[dict]:
+    """Run this file as 2 worker processes (gloo on CPU) and read what each wrote."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = os.environ | {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        env.pop("SUBMITIT_EXECUTOR", None)
+        procs.append(subprocess.Popen([sys.executable, __file__, str(out_dir), gathers], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=WORKER_TIMEOUT_S)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("single")
+    return {case: one_step(case, SINGLE_PROCESS, root / case) for case in CASES}
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> list[dict]:
+    return _spawn_two(tmp_path_factory.mktemp("ddp"))
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_match_one_on_the_whole_batch(case, reference, two_processes):
+    expected, (rank0, rank1) = reference[case], [results["exact"] for results in two_processes]
+    assert set(rank0[case]["losses"]) == set(expected["losses"])
+    for name, value in expected["losses"].items():
+        assert rank0[case]["losses"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
+    assert rank1[case]["losses"] == {}  # only the main process reports
+    for grads in (rank0[case]["grads"], rank1[case]["grads"]):
+        assert set(grads) == set(expected["grads"])
+        for name, grad in expected["grads"].items():
+            assert torch.allclose(grads[name], grad, rtol=RTOL, atol=ATOL), (
+                f"{name}: max |diff| {(grads[name] - grad).abs().max().item():.3g}")
+    if case == "carot":
+        assert expected["grads"]["visual.proj"].abs().max() > 0 and expected["losses"]["sd"] > 0
+
+
+def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):
+    """The check above can fail: without autograd through the gather, feature gradients are 1/W too small."""
+    rank0 = two_processes[0]["plain"]
+    for case in CASES:
+        expected = reference[case]
+        assert rank0[case]["losses"]["contrastive"] == pytest.approx(expected["losses"]["contrastive"], rel=RTOL)
+        wrong = [name for name, grad in expected["grads"].items()
+                 if not torch.allclose(rank0[case]["grads"][name], grad, rtol=RTOL, atol=ATOL)]
+        assert "visual.conv1.weight" in wrong and "text_projection" in wrong
+        conv = "visual.conv1.weight"
+        assert torch.allclose(rank0[case]["grads"][conv], expected["grads"][conv] / 2, rtol=RTOL, atol=ATOL)
+        # parameters reached only directly (the logit scale) are still right
+        assert "logit_scale" not in wrong
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM here: run tests/slurm/start-local-cluster.sh (.ci/run does)")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
+        pytest.skip(f"SLURM is installed but no node is up ({(states.stderr or states.stdout).strip()[:100]}): "
+                    "run tests/slurm/start-local-cluster.sh")
+
+
+def test_a_two_task_submitit_job_matches_one_process(slurm_cluster, reference, tmp_path):
+    """The same equivalence as a SLURM job of 2 tasks on one node: ranks and master from submitit's environment."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
+    executor.update_parameters(nodes=1, tasks_per_node=2, cpus_per_task=1, mem_gb=3, timeout_min=5,
+                               name=f"carot-ddp-{uuid.uuid4().hex[:6]}")
+    job = executor.submit(submitit.helpers.CommandFunction([sys.executable, __file__, str(tmp_path), "exact"]))
+    deadline = time.time() + 300
+    while not job.done() and time.time() < deadline:
+        time.sleep(1)
+    if not job.done():
+        job.cancel()
+        pytest.fail(f"SLURM job {job.job_id} did not finish within 300 s (state {job.state})")
+    job.results()  # raises with the tasks' output if a task failed
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["exact"] for rank in range(2))
+    for case in CASES:
+        for name, value in reference[case]["losses"].items():
+            assert rank0[case]["losses"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
+        for grads in (rank0[case]["grads"], rank1[case]["grads"]):
+            assert all(torch.allclose(grads[n], g, rtol=RTOL, atol=ATOL) for n, g in reference[case]["grads"].items())
+
+
+def test_local_rows_and_single_process_gather():
+    env = DistributedEnvironment(rank=1, world_size=2)
+    assert local_rows(8, env) == slice(4, 8)
+    with pytest.raises(ValueError):
+        local_rows(7, env)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert gather_features(x) is x  # no process group: identity
+    assert SINGLE_PROCESS.is_main and not SINGLE_PROCESS.is_distributed
+
+
+def test_environment_from_standard_variables(monkeypatch):
+    for key in ("SUBMITIT_EXECUTOR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert environment_from_env() == SINGLE_PROCESS
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "node7")
+    monkeypatch.setenv("MASTER_PORT", "12345")
+    env = environment_from_env()
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (3, 4, 1, "node7", 12345)
+    assert not env.is_main and env.is_distributed
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]), sys.argv[2].split(","))
