@@ -14,7 +14,7 @@ from typing import Any
 
 import submitit
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness.config import StrictModel, build
 from harness.errors import ConfigError, UsageError
@@ -38,6 +38,15 @@ class SlurmProfile(StrictModel):
     max_timeouts: int = Field(3, ge=0, description="requeues after time-outs before a trial is given up")
     array_parallelism: int = Field(64, ge=1)
     setup: list[str] = Field(default_factory=list, description="shell lines before the job, e.g. module loads")
+
+    @field_validator("tasks_per_node")
+    @classmethod
+    def _one_task(cls, value: int) -> int:
+        # harness.distributed computes a multi-process step exactly, but harness.train.run does not start one yet:
+        # N tasks would train N independent copies into one run dir.
+        if value != 1:
+            raise ValueError("multi-process trials are not supported yet (one task per trial); use 1")
+        return value
 
 
 def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
