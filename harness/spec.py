@@ -7,6 +7,8 @@ a study storage and W&B settings. ``grid_points`` enumerates grid x seeds determ
 
 from __future__ import annotations
 
+import hashlib
+
 import itertools
 import json
 from pathlib import Path
@@ -173,3 +175,8 @@ def point_key(params: dict[str, Any], seed: int) -> str:
     """A stable name of one trial point, stored in the study to find it again on resume."""
     items = ", ".join(f"{k}={params[k]!r}" for k in sorted(params))
     return f"{items} | seed={seed}"
+
+
+def run_slug(params: dict[str, Any], seed: int) -> str:
+    """The run directory name of a point (``OUT/runs/<slug>``), the same for every engine and driver."""
+    return hashlib.sha256(point_key(params, seed).encode()).hexdigest()[:12]

@@ -16,7 +16,6 @@ each point is claimed by one of them. Exit code 1 when a trial failed for good, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import socket
@@ -34,9 +33,9 @@ from tqdm.auto import tqdm
 
 from harness.claims import ClaimLock
 from harness.cli import run_cli
-from harness.errors import ConfigError, UsageError
+from harness.errors import ConfigError
 from harness.launch import TrialJob, load_profile, make_executor, threads_per_job
-from harness.spec import SweepSpec, grid_points, load_spec, point_key, trial_config
+from harness.spec import SweepSpec, grid_points, load_spec, point_key, run_slug, trial_config
 from harness.study import default_storage, make_sampler, objective_values, open_study
 
 RESULTS = "results.jsonl"
@@ -88,10 +87,6 @@ def _sampled(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Frozen
     return sorted((t for t in trials if t.user_attrs.get("sampled") and t.params), key=lambda t: t.number)
 
 
-def _slug(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 class Sweep:
     def __init__(self, spec: SweepSpec, folder: Path, out: Path, storage: str):
         self.spec, self.folder, self.out, self.storage = spec, folder, out, storage
@@ -110,7 +105,7 @@ class Sweep:
         return len(planned) if planned is not None else self.spec.n_trials * len(self.spec.seeds)
 
     def run_dir(self, params: dict[str, Any], seed: int) -> Path:
-        return self.out / "runs" / _slug(point_key(params, seed))
+        return self.out / "runs" / run_slug(params, seed)
 
     def describe(self) -> str:
         spec, planned = self.spec, self.planned()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.errors import ConfigError, UsageError
-from harness.spec import Space, SweepSpec, point_key, trial_config
+from harness.spec import Space, SweepSpec, point_key, run_slug, trial_config
 
 SEED = "seed"  # the sweep parameter that carries the trial's seed
 _METHODS = {"grid": "grid", "random": "random", "tpe": "bayes"}
@@ -92,12 +92,11 @@ class AgentTrial:
         import wandb
 
         from harness.launch import TrialJob, threads_per_job
-        from harness.sweep import _slug  # imported here: harness.sweep imports this module
 
         run = wandb.init(dir=str(self.out))  # the agent's run: its config holds the point; tracking logs to it
         params, seed = self.point(run.config)
         key = point_key(params, seed)
-        config = trial_config(self.spec, params, seed, self.out / "runs" / _slug(key), self.folder)
+        config = trial_config(self.spec, params, seed, self.out / "runs" / run_slug(params, seed), self.folder)
         result = TrialJob()(config.model_dump(mode="json"), {"sweep": self.spec.name, "wandb_dir": str(self.out)},
                             threads_per_job(1))
         if result["status"] != "ok":

@@ -1,5 +1,4 @@
 import optuna
-import pytest
 
 from harness.config import load_run_config
 from harness.pruning import StudyPruner

@@ -4,14 +4,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
 
-from harness.errors import ConfigError
 from harness.models import create_model
 from harness.spec import grid_points, load_spec
 from harness.sweep import main as sweep_main
