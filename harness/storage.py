@@ -5,7 +5,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,9 +25,44 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+# Signals that stop a job: Ctrl-C, SLURM's SIGTERM, submitit's SIGUSR2 (time-out or preemption: requeue, then exit).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Deliver stop signals after the block, not inside it.
+
+    submitit's requeue handler ends the job with ``sys.exit``; raised inside ``torch.save``'s C++
+    writer, that exit comes out as a ``RuntimeError`` ("unexpected pos ...") and the trial would be
+    recorded as failed instead of requeued. Only the main thread can swap handlers; elsewhere this
+    does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    previous = {number: handler for number, handler in previous.items() if handler is not None}
+    for number in previous:
+        signal.signal(number, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in caught:
+            signal.raise_signal(number)
+
+
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with stop_signals_deferred():
+        return _write_and_rename(path, write)
+
+
+def _write_and_rename(path: Path, write) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
