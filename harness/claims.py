@@ -21,6 +21,7 @@ from typing import Iterator
 
 from harness.errors import UsageError
 from harness.storage import file_lock
+from harness.study import shown
 
 # Longer than any claim takes (a few storage round trips), so only a dead holder's lock is broken.
 _JOURNAL_GRACE_S = 60
@@ -47,7 +48,7 @@ class ClaimLock:
 
             self._engine = sqlalchemy.create_engine(storage, poolclass=NullPool)
         else:
-            raise UsageError(f"storage {storage!r}: sweeps support sqlite:///, journal:PATH and postgresql:// "
+            raise UsageError(f"storage {shown(storage)!r}: sweeps support sqlite:///, journal:PATH and postgresql:// "
                              "(drivers need a lock in the storage to share a study)")
 
     @contextmanager

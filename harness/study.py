@@ -16,6 +16,18 @@ from harness.spec import SweepSpec
 _DIGEST_KEYS = ("base", "overrides", "variants", "search", "seeds", "sampler", "objectives")
 
 
+def shown(storage: str) -> str:
+    """A storage URL fit for messages: its password replaced by ***."""
+    if storage.startswith("journal:"):
+        return storage
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show only its scheme
+        return storage.split(":", 1)[0] + ":..."
+
+
 def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
@@ -29,7 +41,7 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
     try:
         return optuna.storages.RDBStorage(storage, heartbeat_interval=None)
     except Exception as exc:  # SQLAlchemy raises many kinds for bad URLs and unreachable servers
-        raise UsageError(f"storage {storage!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"storage {shown(storage)!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def make_sampler(spec: SweepSpec, draw: int = 0) -> optuna.samplers.BaseSampler:
@@ -74,10 +86,10 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
     except KeyError:
         existing = None
     except Exception as exc:
-        raise UsageError(f"storage {storage!r} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"storage {shown(storage)!r} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if existing is not None:
         if existing.user_attrs.get("spec_digest") != digest or [d.name.lower() for d in existing.directions] != directions:
-            raise UsageError(f"a different study named {spec.name!r} already exists in {storage}; rename the sweep "
+            raise UsageError(f"a different study named {spec.name!r} already exists in {shown(storage)}; rename the sweep "
                              "or use another storage (nothing was changed)")
     study = optuna.create_study(study_name=spec.name, storage=backend, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec.pruner.name, spec.pruner.warmup_epochs))

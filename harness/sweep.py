@@ -36,7 +36,7 @@ from harness.cli import run_cli
 from harness.errors import ConfigError
 from harness.launch import TrialJob, load_profile, make_executor, threads_per_job
 from harness.spec import SweepSpec, grid_points, load_spec, point_key, run_slug, trial_config
-from harness.study import default_storage, make_sampler, objective_values, open_study
+from harness.study import default_storage, make_sampler, objective_values, open_study, shown
 
 RESULTS = "results.jsonl"
 _POLL_SECONDS = 0.5
@@ -111,7 +111,7 @@ class Sweep:
         spec, planned = self.spec, self.planned()
         lines = [f"sweep {spec.name}: {self.total()} trials, launcher {spec.launcher.kind} "
                  f"(parallelism {spec.launcher.parallelism}{', profile ' + spec.launcher.profile if spec.launcher.profile else ''}), "
-                 f"storage {self.storage}, output {self.out}"]
+                 f"storage {shown(self.storage)}, output {self.out}"]
         if planned is None:
             lines.append(f"sampler {spec.sampler.name} (seed {spec.sampler.seed}): {spec.n_trials} points x seeds {spec.seeds}")
             lines += [f"  {key}: {space.model_dump(exclude_none=True)}" for key, space in spec.search.items()]

@@ -54,6 +54,7 @@ def test_grid_points_cross_seeds(tmp_path):
     ({"search": {"loss.sd_weight": {"low": 0.1, "high": 1.0}}}, "sampler grid cannot search the ranges"),
     ({"search": {"optim.lrr": {"grid": [1e-3]}}}, "optim.lrr: unknown key"),
     ({"launcher": {"kind": "slurm", "profile": "no-such-cluster"}}, "no SLURM profile 'no-such-cluster'"),
+    ({"storage": "mysql://user:secret@127.0.0.1/studies"}, "'mysql://user:***@127.0.0.1/studies': sweeps support"),
 ])
 def test_bad_specs_exit_2_before_anything_starts(tmp_path, capsys, fields, words):
     path = _spec(tmp_path, **fields)
