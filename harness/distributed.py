@@ -95,6 +95,22 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def agree(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank, so that all ranks take the same branch (e.g. stop when rank 0's pruner says
+    so; a rank that stopped alone would leave the others waiting in the next collective forever)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will resume from)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def identity(x: torch.Tensor) -> torch.Tensor:
     """The gather of a single process."""
     return x

@@ -14,7 +14,7 @@ from typing import Any
 
 import submitit
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from harness.config import StrictModel, build
 from harness.errors import ConfigError, UsageError
@@ -30,7 +30,7 @@ class SlurmProfile(StrictModel):
     qos: str | None = None
     constraint: str | None = None
     gpus_per_node: int = Field(0, ge=0)
-    tasks_per_node: int = Field(1, ge=1)
+    tasks_per_node: int = Field(1, ge=1, description="processes per trial (one per GPU): DDP over all of them")
     cpus_per_task: int = Field(2, ge=1)
     mem_gb: int = Field(8, ge=1)
     timeout_min: int = Field(60, ge=1)
@@ -38,15 +38,6 @@ class SlurmProfile(StrictModel):
     max_timeouts: int = Field(3, ge=0, description="requeues after time-outs before a trial is given up")
     array_parallelism: int = Field(64, ge=1)
     setup: list[str] = Field(default_factory=list, description="shell lines before the job, e.g. module loads")
-
-    @field_validator("tasks_per_node")
-    @classmethod
-    def _one_task(cls, value: int) -> int:
-        # harness.distributed computes a multi-process step exactly, but harness.train.run does not start one yet:
-        # N tasks would train N independent copies into one run dir.
-        if value != 1:
-            raise ValueError("multi-process trials are not supported yet (one task per trial); use 1")
-        return value
 
 
 def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
@@ -85,14 +76,17 @@ class TrialJob(submitit.helpers.Checkpointable):
         import torch
 
         from harness.config import RunConfig
+        from harness.distributed import environment_from_env
         from harness.tracking import tracker_for
-        from harness.train import run
+        from harness.train import TrainCallbacks, run
 
         torch.set_num_threads(threads)
         run_config = RunConfig.model_validate(config)
-        callbacks = tracker_for(run_config, study)
-        record = run(run_config, callbacks=callbacks, progress=False)
-        callbacks.finish(record)
+        env = environment_from_env()  # several tasks per job: one trial over all of them (submitit returns task 0's)
+        callbacks = tracker_for(run_config, study) if env.is_main else TrainCallbacks()
+        record = run(run_config, callbacks=callbacks, progress=False, env=env)
+        if env.is_main:
+            callbacks.finish(record)
         return {"status": record["status"], "summary": record.get("summary", {}), "error": record.get("error"),
                 "record": record["paths"]["record"], "log": record["paths"].get("error")}
 

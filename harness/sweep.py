@@ -363,7 +363,7 @@ class Sweep:
 
     def _finish(self, study: optuna.Study, item: Running) -> None:
         try:
-            result = item.job.result()
+            result = item.job.results()[0]  # a multi-task job returns one result per task; rank 0 holds the record
         except Exception as exc:  # the job itself died (killed, out of memory, import error)
             result = {"status": "failed", "error": f"job {item.job.job_id} died: {type(exc).__name__}: {str(exc)[:300]}",
                       "log": str(item.job.paths.stderr)}

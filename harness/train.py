@@ -30,7 +30,18 @@ import harness
 from harness.cli import config_parser, parse_config, run_cli
 from harness.config import LossConfig, RunConfig, config_hash
 from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
-from harness.distributed import SINGLE_PROCESS, DistributedEnvironment, Gather, gather_features, identity, local_rows
+from harness.distributed import (
+    SINGLE_PROCESS,
+    DistributedEnvironment,
+    Gather,
+    agree,
+    barrier,
+    destroy_process_group,
+    gather_features,
+    identity,
+    init_process_group,
+    local_rows,
+)
 from harness.ema import EMATeacher, momentum_at
 from harness.errors import UsageError
 from harness.evaluate import format_table, predict_logits
@@ -264,6 +275,17 @@ class Trainer:
             param.requires_grad_(id(param) in keep)
         return chosen
 
+    def _end_epoch(self, epoch: int) -> None:
+        """Rank 0 evaluates (and its callbacks may prune); every rank learns whether to stop."""
+        pruned: TrialPruned | None = None
+        if self.env.is_main:
+            try:
+                self._evaluate_epoch(epoch)
+            except TrialPruned as exc:
+                pruned = exc
+        if agree(pruned is not None):
+            raise pruned or TrialPruned(f"pruned at epoch {epoch} (rank 0's pruner)")
+
     def _evaluate_epoch(self, epoch: int) -> None:
         head = self.evaluation_head(self.model)
         report = classification_report(
@@ -293,10 +315,11 @@ class Trainer:
             while self.step < stage_end:
                 self.train_step(stage, optimizer, self.step - stage_start, stage_steps)
                 bar.update()
-                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch and self.env.is_main:
-                    self._evaluate_epoch(self.step // self.steps_per_epoch)
+                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch:
+                    self._end_epoch(self.step // self.steps_per_epoch)
                 if self.step % optim_config.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint(stage_index, optimizer)
+                    barrier()
             stage_start = stage_end
         bar.close()
 
@@ -488,10 +511,13 @@ def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
     return record if record.get("status") == "ok" else None
 
 
-def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bool = True) -> RunRecord:
+def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bool = True,
+        env: DistributedEnvironment = SINGLE_PROCESS) -> RunRecord:
     """Run (or resume, or return the finished record of) one trial; always leaves a record.json.
 
-    Bad input (``UsageError``) propagates; any other error is recorded as ``status: failed``.
+    Bad input (``UsageError``) propagates; any other error is recorded as ``status: failed``. With a
+    multi-process ``env`` every rank trains its share of each batch and only rank 0 evaluates and
+    writes; the other ranks return their (unevaluated, unwritten) record.
     """
     run_dir = resolve_run_dir(config)
     finished = _finished_record(run_dir, config)
@@ -501,28 +527,42 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     require_known_benchmark(config.data.benchmark)
     _seed_everything(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = _base_record(config, run_dir)
+    record = _base_record(config, run_dir) | {"rank": env.rank, "world_size": env.world_size}
+    progress = progress and env.is_main
     benchmark = load_benchmark(config.data.benchmark, progress=progress)
     record |= {"benchmark": benchmark.name, "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests}
-    trainer = Trainer(config, benchmark, run_dir, callbacks or TrainCallbacks())
+    init_process_group(env)
+    try:
+        return _train_and_record(config, benchmark, run_dir, callbacks or TrainCallbacks(), progress, env, record)
+    finally:
+        destroy_process_group()
+
+
+def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
+                      progress: bool, env: DistributedEnvironment, record: RunRecord) -> RunRecord:
+    trainer = Trainer(config, benchmark, run_dir, callbacks, env)
     started = time.perf_counter()
     try:
         record["resumed_from_step"] = trainer.step if trainer.load_checkpoint() else None
         trainer.train(progress)
         train_seconds = time.perf_counter() - started
+        if not env.is_main:
+            return record | {"status": "ok"}
         evaluation = evaluate_trial(trainer)
         paths = _save_weights(trainer, run_dir)
     except UsageError:
         raise
     except TrialPruned:
         record |= {"status": "pruned", "pruned_at_step": trainer.step, "history": trainer.history}
-        atomic_write_json(record, run_dir / "record.json")
+        if env.is_main:
+            atomic_write_json(record, run_dir / "record.json")
         return record
     except Exception as exc:  # the trial failed; say why, keep the checkpoint for a later resume
         record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "failed_at_step": trainer.step}
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        record["paths"]["error"] = str(run_dir / "error.txt")
-        atomic_write_json(record, run_dir / "record.json")
+        if env.is_main:
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            record["paths"]["error"] = str(run_dir / "error.txt")
+            atomic_write_json(record, run_dir / "record.json")
         return record
     step_seconds = trainer.step_seconds
     record |= evaluation | {

@@ -201,14 +201,3 @@ def test_resume_after_a_driver_died_between_enqueueing_asking_and_submitting(tmp
     failed = [line for line in _results(out) if line["state"] == "FAIL"]
     assert [(line["point"], line["error"]) for line in failed] == [("method='flyp' | seed=0", "interrupted before launch")]
     assert len(_study(out, "torn").trials) == 4  # the waiting point was run as it was, not queued again
-
-
-def test_a_multi_task_profile_is_refused_until_trials_run_distributed(tmp_path, capsys):
-    from harness.cli import run_cli
-
-    profile = tmp_path / "two.yaml"
-    profile.write_text("tasks_per_node: 2\n")
-    with pytest.raises(SystemExit) as info:
-        run_cli(sweep_main, [str(_spec(tmp_path)), "--launcher", "slurm", "--profile", str(profile), "--dry-run"])
-    assert info.value.code == 2
-    assert "tasks_per_node: multi-process trials are not supported yet" in capsys.readouterr().err
