@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output dir (default: the spec's out, else outputs/<name>)")
     parser.add_argument("--launcher", choices=("local", "debug", "slurm"))
     parser.add_argument("--profile", help="SLURM profile name from slurm/")
-    parser.add_argument("--storage", help="study storage: SQLAlchemy URL or journal:PATH")
+    parser.add_argument("--storage", help="study storage: sqlite:///PATH (default OUT/study.db), journal:PATH or postgresql://...")
     parser.add_argument("--parallelism", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
     parser.add_argument("--engine", choices=("optuna", "wandb"), default="optuna",
