@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -52,3 +54,14 @@ def postgres_url():
         pytest.skip(f"no PostgreSQL server: run tests/postgres/start-local-postgres.sh and set {POSTGRES_ENV} to the "
                     "URL it prints (.ci/run does both)")
     return url
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The one-node SLURM cluster that tests/slurm/start-local-cluster.sh starts (.ci/run does); skip without it."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM here: run tests/slurm/start-local-cluster.sh (.ci/run does)")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
+        pytest.skip(f"SLURM is installed but no node is up ({(states.stderr or states.stdout).strip()[:100]}): "
+                    "run tests/slurm/start-local-cluster.sh")

@@ -10,7 +10,6 @@ in-process run on the whole batch. Run as a script, this file is the worker.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -184,15 +183,6 @@ def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):
         # parameters reached only directly (the logit scale) are still right
         assert "logit_scale" not in wrong
 
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    if shutil.which("sinfo") is None:
-        pytest.skip("no SLURM here: run tests/slurm/start-local-cluster.sh (.ci/run does)")
-    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
-        pytest.skip(f"SLURM is installed but no node is up ({(states.stderr or states.stdout).strip()[:100]}): "
-                    "run tests/slurm/start-local-cluster.sh")
 
 
 def test_a_two_task_submitit_job_matches_one_process(slurm_cluster, reference, tmp_path):

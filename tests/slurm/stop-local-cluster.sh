@@ -8,25 +8,8 @@ log() { echo "[stop-local-cluster] $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { log "ERROR: run as root"; exit 1; }
 
-alive() {   # alive PID: the process exists and is not a zombie (this sandbox's pid 1 reaps late)
-    local st
-    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
-    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
-}
-
-running_pid() {   # running_pid NAME PIDFILE: print the pid of a live NAME (pid file, else by exact name)
-    local name=$1 pidfile=$2 pid
-    if [ -s "$pidfile" ]; then
-        pid=$(cat "$pidfile" 2>/dev/null || true)
-        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] && alive "$pid"; then
-            echo "$pid"; return 0
-        fi
-    fi
-    for pid in $(pgrep -x "$name" || true); do
-        alive "$pid" && { echo "$pid"; return 0; }
-    done
-    return 1
-}
+# shellcheck source=tests/slurm/processes.sh
+. "$(dirname "$0")/processes.sh"
 
 stop_daemon() {   # stop_daemon NAME PIDFILE
     local name=$1 pidfile=$2 pid tries=0
