@@ -63,6 +63,10 @@ class PointState:
     last: optuna.trial.FrozenTrial | None = None
     run_dir: str | None = None  # where earlier attempts ran: a retry resumes there
 
+    def settled(self, retries: int) -> bool:
+        """Done, or failed more often than ``launcher.max_retries`` allows: nothing more to run."""
+        return self.done or self.failures > retries
+
 
 def point_states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, PointState]:
     states: dict[str, PointState] = {}
@@ -140,7 +144,7 @@ class Sweep:
             waiting = any(t.state == TrialState.WAITING for t in trials)
             for params, seed in self.points(trials):
                 state = states.get(point_key(params, seed), PointState())
-                if not (state.done or state.active or state.failures > retries):
+                if not (state.active or state.settled(retries)):
                     study.enqueue_trial(params, user_attrs={"point": point_key(params, seed), "seed": seed})
                     waiting = True
             if not waiting and (self.planned() is not None or len(_sampled(trials)) >= self.spec.n_trials):
@@ -351,15 +355,15 @@ class Sweep:
             return False
         states = point_states(trials)
         retries = self.spec.launcher.max_retries
-        return all((s := states.get(point_key(p, seed))) is not None and not s.active
-                   and (s.done or s.failures > retries) for p, seed in self.points(trials))
+        return all((s := states.get(point_key(p, seed))) is not None and not s.active and s.settled(retries)
+                   for p, seed in self.points(trials))
 
     def final_failures(self, study: optuna.Study) -> list[str]:
         retries = self.spec.launcher.max_retries
         return [f"trial {s.last.number} ({key}): failed {s.failures} times, last: {s.last.user_attrs.get('error')} "
                 f"[log: {s.last.user_attrs.get('log')}]"
                 for key, s in point_states(study.get_trials(deepcopy=False)).items()
-                if not s.done and s.failures > retries and s.last is not None]
+                if s.settled(retries) and not s.done and s.last is not None]
 
     def _finish(self, study: optuna.Study, item: Running) -> None:
         try:
@@ -375,7 +379,7 @@ class Sweep:
         """Points settled anywhere (this driver or another one sharing the study) and the running best."""
         retries = self.spec.launcher.max_retries
         states = point_states(study.get_trials(deepcopy=False))
-        settled = sum(1 for s in states.values() if s.done or (s.failures > retries and not s.active))
+        settled = sum(1 for s in states.values() if s.done or (s.settled(retries) and not s.active))
         if settled != bar.n:
             bar.n = min(settled, bar.total)
             bar.set_postfix_str(self._best(study))
