@@ -60,7 +60,9 @@ class ClaimLock:
         elif self._kind == "journal":
             from optuna.storages.journal import JournalFileOpenLock
 
-            lock = JournalFileOpenLock(self.storage.removeprefix("journal:") + ".claim", grace_period=_JOURNAL_GRACE_S)
+            journal = Path(self.storage.removeprefix("journal:"))
+            journal.parent.mkdir(parents=True, exist_ok=True)  # the first driver takes the lock before creating the journal
+            lock = JournalFileOpenLock(f"{journal}.claim", grace_period=_JOURNAL_GRACE_S)
             lock.acquire()
             try:
                 yield

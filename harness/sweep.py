@@ -292,10 +292,15 @@ class Sweep:
         for name in sorted({c.model.name for c in configs if c.model.pretrained == EMBEDDED_PRETRAINED}):
             ensure_pretrained(name)
 
+    def open_study(self) -> optuna.Study:
+        """The shared study, created under the claim lock: new drivers would otherwise race on its schema and digest."""
+        with self.lock.held():
+            return open_study(self.spec, self.storage)
+
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
-        study = open_study(self.spec, self.storage)
         self.prepare()
+        study = self.open_study()
         with self.lock.held():
             self._settle(study)
             self._sync_results(study)

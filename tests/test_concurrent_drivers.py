@@ -22,12 +22,11 @@ CLAIMER = """
 import json, sys, time
 from pathlib import Path
 from harness.spec import load_spec, point_key
-from harness.study import open_study
 from harness.sweep import Sweep
 spec_path, storage, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 spec = load_spec(spec_path)
 sweep = Sweep(spec, spec_path.parent, out, storage)
-study = open_study(spec, storage)
+study = sweep.open_study()
 (out.parent / f"ready-{out.name}").touch()
 while not (out.parent / "go").exists():  # start claiming together
     time.sleep(0.01)

@@ -1,9 +1,11 @@
 """Sweeps through a real SLURM: the one-node cluster tests/slurm/start-local-cluster.sh starts (.ci/run does)."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -37,14 +39,18 @@ def test_smoke_sweep_through_slurm(slurm_cluster, tmp_path, private_cache):
 
 
 def _job_ids(out: Path) -> list[str]:
-    """The SLURM job ids the driver has recorded in the study so far."""
+    """The SLURM job ids the driver has recorded in the study so far.
+
+    Read-only SQL: opening the study with Optuna would create its schema, racing the driver that is creating it.
+    """
     if not (out / "study.db").exists():
         return []
     try:
-        study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")
-    except KeyError:  # created, not yet named
+        with closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'job_id'").fetchall()
+    except sqlite3.OperationalError:  # schema not created yet, or the driver holds a write lock
         return []
-    return [t.user_attrs["job_id"] for t in study.trials if "job_id" in t.user_attrs]
+    return [json.loads(value) for (value,) in rows]
 
 
 def test_jobs_of_a_killed_driver_are_adopted_not_rerun(slurm_cluster, tmp_path, private_cache):
