@@ -41,6 +41,16 @@ class ModelConfig(StrictModel):
 class DataConfig(StrictModel):
     benchmark: str = "digitshift"
     root: str | None = Field(None, description="data root for benchmarks read from disk (digitshift ignores it)")
+    num_workers: int | None = Field(
+        None, ge=0, description="loader processes for benchmarks read from disk; null: CPUs - 1, at most 16"
+    )
+    val_per_class: int = Field(
+        10, ge=1, description="imagenet: training images per class held out as the ID validation split"
+    )
+    objectnet_border: int = Field(1, ge=0, description="imagenet: pixels cropped off each side of ObjectNet images")
+    objectnet_pooling: Literal["max", "logsumexp"] = Field(
+        "max", description="imagenet: how the logits of an ObjectNet class with several ImageNet ids are pooled"
+    )
 
 
 class LossConfig(StrictModel):
@@ -86,6 +96,15 @@ class EvalConfig(StrictModel):
     )
 
 
+class ComputeConfig(StrictModel):
+    """Where a trial runs; ``auto`` is this process's GPU (``cuda:LOCAL_RANK``) when CUDA is available."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of forward passes (fp16: CUDA only, with loss scaling)"
+    )
+
+
 class TrackingConfig(StrictModel):
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "carot-harness"
@@ -102,6 +121,7 @@ class RunConfig(StrictModel):
     ema: EMAConfig = EMAConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
     seed: int = Field(0, ge=0)
     run_dir: str | None = Field(None, description="null: runs/<method>-<config digest>")
