@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeGuard
 
 import open_clip
 import torch
@@ -22,6 +23,8 @@ with resources.as_file(resources.files("harness") / "model_configs") as _folder:
 # Which embedded pretrained weights a config name refers to.
 EMBEDDED_PRETRAINED = "digitshift"
 MAX_LOGIT_SCALE = 100.0  # open_clip clamps the learned scale at ln(100)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+PROMPT_BATCH = 1000
 
 
 @contextmanager
@@ -34,37 +37,60 @@ def _quiet_open_clip() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def require_known_model(name: str) -> None:
-    """Fail fast, before any data is built, on a model name open_clip does not know."""
+def require_known_model(name: str, pretrained: str | None = None) -> None:
+    """Fail fast, before any data is built, on an unknown model name or a pretrained tag that does not fit it."""
     if name not in open_clip.list_models():
         raise UnknownNameError(f"unknown model {name!r}; see open_clip.list_models() (small ones: digit-vit-*)")
+    if _is_tag(pretrained):
+        check_pretrained_tag(name, pretrained)
+
+
+def _is_tag(pretrained: str | None) -> TypeGuard[str]:
+    """Whether ``pretrained`` names an open_clip tag (rather than nothing, the embedded weights or a file)."""
+    return (pretrained is not None and pretrained != EMBEDDED_PRETRAINED and not Path(pretrained).is_file()
+            and not pretrained.endswith(WEIGHT_SUFFIXES) and "/" not in pretrained)
+
+
+def check_pretrained_tag(name: str, tag: str) -> None:
+    """Refuse a tag open_clip does not know for ``name``, or whose activation differs from the model's.
+
+    OpenAI's weights (and some others) were trained with QuickGELU. open_clip 3.x only warns
+    when such a tag is loaded into a GELU model (``ViT-B-16`` + ``openai``) and builds it anyway:
+    the weights load, the features are wrong. We refuse and name the ``-quickgelu`` variant to use
+    instead of switching the activation ourselves, so that the record's ``model.name`` always
+    names the architecture that ran. A ``-quickgelu`` name with a GELU-trained tag is refused
+    likewise, naming the plain model.
+    """
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    base = name.removesuffix("-quickgelu")
+    if not cfg and base != name and open_clip.get_pretrained_cfg(base, tag):
+        raise PretrainedWeightsError(f"pretrained {tag!r} was trained with GELU: use model {base!r}, not {name!r}")
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise PretrainedWeightsError(f"unknown pretrained tag {tag!r} for {name} (known: {known}) and no such file")
+    if cfg.get("quick_gelu", False) and not open_clip.get_model_config(name).get("quick_gelu", False):
+        raise PretrainedWeightsError(f"pretrained {tag!r} was trained with QuickGELU: use model {name + '-quickgelu'!r}"
+                                     f" (the same weights with the activation they were trained with), not {name!r}")
 
 
 def create_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
     """Build an open_clip model and its tokenizer.
 
     ``pretrained``: None (random init); ``"digitshift"`` (the embedded small CLIP for this
-    architecture, built and cached on first use); a path to a ``state_dict`` file; or an
-    open_clip pretrained tag (uses the user's cache; offline and uncached is an error).
+    architecture, built and cached on first use); a weights file (see ``load_weights``); or an
+    open_clip pretrained tag (from the user's cache, downloaded if there is network; the tag must
+    fit the model's activation, see ``check_pretrained_tag``).
     """
-    require_known_model(name)
+    require_known_model(name, pretrained)
+    if _is_tag(pretrained):
+        return _create_from_tag(name, pretrained, device), open_clip.get_tokenizer(name)
     weights = pretrained
     if pretrained == EMBEDDED_PRETRAINED:
         from harness.pretrain import ensure_pretrained
 
         weights = str(ensure_pretrained(name))
     if weights is not None and not Path(weights).is_file():
-        if weights.endswith((".pt", ".pth", ".bin", ".safetensors")) or "/" in weights:
-            raise PretrainedWeightsError(f"{weights}: no such weights file")
-        try:
-            with _quiet_open_clip():  # its log lines would repeat the error we raise
-                model = open_clip.create_model(name, pretrained=weights, device=device, require_pretrained=True)
-        except Exception as exc:  # open_clip raises a variety of hub / file errors
-            raise PretrainedWeightsError(
-                f"could not load pretrained weights {weights!r} for {name}: {exc.__class__.__name__}: {exc}"
-                " (offline: only cached tags or local files work; HF_HUB_OFFLINE=1 makes this fail fast)"
-            ) from exc
-        return model, open_clip.get_tokenizer(name)
+        raise PretrainedWeightsError(f"{weights}: no such weights file")
     with _quiet_open_clip():  # it warns that no weights were loaded: we load our own
         model = open_clip.create_model(name, pretrained=None, device=device)
     if weights is not None:
@@ -72,13 +98,57 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
     return model, open_clip.get_tokenizer(name)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a plain ``state_dict`` saved by this harness (``weights_only``: no pickled code)."""
+def _create_from_tag(name: str, tag: str, device: str | torch.device) -> torch.nn.Module:
+    """open_clip's model with the tag's weights; a failed download or load is one line that says what to do."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with _quiet_open_clip():  # its log lines (and the hub's retries) would repeat the error we raise
+            return open_clip.create_model(name, pretrained=tag, device=device, require_pretrained=True)
+    except Exception as exc:  # open_clip raises a variety of hub / file errors
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        raise PretrainedWeightsError(
+            f"could not load pretrained weights {tag!r} for {name}: {reason} (not cached? run the same model and tag"
+            " once where there is network, e.g. a login node, to fill the cache under $HF_HOME; or pass a local"
+            " weights file; HF_HUB_OFFLINE=1 makes runs without network fail at once instead of retrying)"
+        ) from exc
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a weights file, never unpickling code (``weights_only``).
+
+    Accepted: a plain ``state_dict`` (as this harness saves), an open_clip training checkpoint
+    (``{"state_dict": ...}``; a DDP ``module.`` prefix is stripped) or a ``.safetensors`` file (as
+    open_clip's hub cache holds). A file carries no activation: OpenAI weights need a
+    ``-quickgelu`` model name. OpenAI's original TorchScript ``.pt`` archives are refused.
+    """
+    if _is_torchscript(path):
+        raise PretrainedWeightsError(
+            f"{path}: a TorchScript archive (OpenAI's original release), which is not loaded here; use the open_clip"
+            " tag instead (pretrained=openai with a -quickgelu model) or a state_dict of it")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise PretrainedWeightsError(f"{path}: not a loadable state_dict ({exc.__class__.__name__}: {exc})") from exc
-    model.load_state_dict(state)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"{path}: holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict({key.removeprefix("module."): value for key, value in state.items()})
+    except RuntimeError as exc:
+        raise PretrainedWeightsError(f"{path}: does not fit this model ({' '.join(str(exc).split())[:400]})") from exc
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (it holds ``constants.pkl``; a torch.save zip does not)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(member.endswith("constants.pkl") for member in archive.namelist())
 
 
 def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -92,10 +162,15 @@ def encode_texts(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def zeroshot_head(
     model: torch.nn.Module, tokenizer: Tokenizer, classnames: Sequence[str], templates: Sequence[str]
 ) -> torch.Tensor:
-    """Class embeddings ``[C, D]``: encode every template per class, L2-normalise, average, L2-normalise again."""
+    """Class embeddings ``[C, D]``: encode every template per class, L2-normalise, average, L2-normalise again.
+
+    Prompts are encoded ``PROMPT_BATCH`` at a time: ImageNet's 1000 classes x 80 templates in one
+    batch would need tens of GB of activations.
+    """
     prompts = [template.format(name) for name in classnames for template in templates]
     device = next(model.parameters()).device
-    features = encode_texts(model, tokenizer(prompts).to(device))
+    features = torch.cat([encode_texts(model, tokenizer(prompts[start : start + PROMPT_BATCH]).to(device))
+                          for start in range(0, len(prompts), PROMPT_BATCH)])
     per_class = features.view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
 

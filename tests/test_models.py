@@ -47,14 +47,28 @@ def test_bad_names_and_weights_are_usage_errors(tmp_path):
 def test_uncached_pretrained_tag_fails_clearly_offline(tmp_path):
     # a subprocess, because huggingface_hub reads HF_HUB_OFFLINE when it is first imported
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "harness.evaluate", "model.name=RN50", "model.pretrained=openai"],
+    result = subprocess.run([sys.executable, "-m", "harness.evaluate", "model.name=RN50-quickgelu", "model.pretrained=openai"],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: could not load pretrained weights 'openai' for RN50"), result.stderr
+    assert lines[0].startswith("error: could not load pretrained weights 'openai' for RN50-quickgelu"), result.stderr
 
 
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(PretrainedWeightsError, match="absent.pt: no such weights file"):
         create_model("digit-vit-t", pretrained=str(tmp_path / "absent.pt"))
+
+
+def test_zero_shot_head_encodes_prompts_in_chunks_to_the_same_embeddings(tiny_model, monkeypatch):
+    import torch.nn.functional as F
+
+    import harness.models
+
+    model, tokenizer = tiny_model
+    classnames, templates = ["zero", "one", "two"], ["a {}", "the digit {}"]
+    with torch.no_grad():
+        every = F.normalize(model.encode_text(tokenizer([t.format(c) for c in classnames for t in templates])), dim=-1)
+        expected = F.normalize(every.view(3, 2, -1).mean(dim=1), dim=-1)
+        monkeypatch.setattr(harness.models, "PROMPT_BATCH", 4)  # 6 prompts: chunks of 4 and 2
+        assert torch.allclose(zeroshot_head(model, tokenizer, classnames, templates), expected, atol=1e-6)
