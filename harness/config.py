@@ -47,6 +47,13 @@ class DataConfig(StrictModel):
     val_per_class: int = Field(
         10, ge=1, description="imagenet: training images per class held out as the ID validation split"
     )
+    templates: Literal["openai", "simple"] = Field(
+        "openai", description="imagenet: caption and zero-shot templates, open_clip's 80 OpenAI ones or its 7 simple ones"
+    )
+    captions: str | None = Field(
+        None, description="imagenet: a CSV/TSV of (filepath, caption) to fine-tune contrastive methods on instead of "
+        "template captions; rows showing validation images are dropped",
+    )
     objectnet_border: int = Field(1, ge=0, description="imagenet: pixels cropped off each side of ObjectNet images")
     objectnet_pooling: Literal["max", "logsumexp"] = Field(
         "max", description="imagenet: how the logits of an ObjectNet class with several ImageNet ids are pooled"

@@ -100,9 +100,16 @@ def agree(flag: bool) -> bool:
     so; a rank that stopped alone would leave the others waiting in the next collective forever)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    value = torch.tensor([int(flag)])
+    value = torch.tensor([int(flag)], device=_collective_device())
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def _collective_device() -> torch.device:
+    """NCCL moves CUDA tensors only; gloo, CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:

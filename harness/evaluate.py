@@ -9,10 +9,14 @@ mean confidence per test set, for ``model.name`` with ``model.pretrained`` on ``
 from __future__ import annotations
 
 import torch
+from torch.utils.data import Dataset
 
 from harness.cli import config_parser, parse_config, run_cli
 from harness.config import RunConfig
+from harness.compute import resolve_device
 from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
+from harness.data.pipeline import clip_preprocess
+from harness.distributed import SINGLE_PROCESS
 from harness.metrics import classification_report
 from harness.models import classifier_head, create_model, encode_images, logit_scale, require_known_model
 
@@ -28,14 +32,21 @@ def predict_logits(model: torch.nn.Module, head: torch.nn.Module, dataset: Image
     return torch.cat(chunks).float().cpu()
 
 
+def set_report(logits: torch.Tensor, dataset: Dataset, n_bins: int = 15) -> dict:
+    """Metrics over the set's own classes: a set with a label space (ImageNet-R/-A: 200 classes, ObjectNet: 113)
+    gets the benchmark's logits projected onto its classes before the softmax."""
+    if hasattr(dataset, "label_space"):
+        from harness.data.imagenet import projected_report
+
+        return projected_report(logits, dataset, n_bins)
+    return classification_report(logits, dataset.labels, n_bins)
+
+
 def evaluate_sets(
     model: torch.nn.Module, head: torch.nn.Module, sets: dict[str, ImageSet], batch_size: int = 256, n_bins: int = 15
 ) -> dict[str, dict]:
     """The full metric report of every set."""
-    return {
-        name: classification_report(predict_logits(model, head, dataset, batch_size), dataset.labels, n_bins)
-        for name, dataset in sets.items()
-    }
+    return {name: set_report(predict_logits(model, head, dataset, batch_size), dataset, n_bins) for name, dataset in sets.items()}
 
 
 def evaluate_zeroshot(model: torch.nn.Module, tokenizer, benchmark: Benchmark, batch_size: int = 256, n_bins: int = 15) -> dict[str, dict]:
@@ -55,10 +66,12 @@ def format_table(results: dict[str, dict], id_test: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(config_parser("python -m harness.evaluate", __doc__), RunConfig, argv)
     torch.manual_seed(config.seed)
-    require_known_model(config.model.name)
+    require_known_model(config.model.name, config.model.pretrained)
     require_known_benchmark(config.data.benchmark)
     model, tokenizer = create_model(config.model.name, config.model.pretrained)
-    benchmark = load_benchmark(config.data.benchmark)
+    model.to(resolve_device(config.compute, SINGLE_PROCESS))
+    benchmark = load_benchmark(config.data.benchmark, data=config.data)
+    benchmark.set_transforms(clip_preprocess(model, train=True), clip_preprocess(model))
     results = evaluate_zeroshot(model, tokenizer, benchmark, config.eval.batch_size, config.eval.n_bins)
     print(f"{config.model.name} ({config.model.pretrained}) zero-shot on {benchmark.name}, "
           f"logit scale {logit_scale(model).item():.1f}")

@@ -35,14 +35,16 @@ def contrastive_loss(
 
 
 def orthogonality_penalty(proj: torch.Tensor) -> torch.Tensor:
-    """||WᵀW - I||_F (not squared) for a projection W of shape [d_in, d_embed]."""
-    gram = proj.T @ proj
-    return torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], device=proj.device, dtype=proj.dtype))
+    """||WᵀW - I||_F (not squared) for a projection W of shape [d_in, d_embed], in W's precision even under autocast."""
+    with torch.autocast(proj.device.type, enabled=False):
+        gram = proj.T @ proj
+        return torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], device=proj.device, dtype=proj.dtype))
 
 
 def cross_norm_penalty(visual_proj: torch.Tensor, text_proj: torch.Tensor) -> torch.Tensor:
-    """||W_v W_tᵀ||_F for the visual [d_v, e] and text [d_t, e] projections."""
-    return torch.linalg.matrix_norm(visual_proj @ text_proj.T)
+    """||W_v W_tᵀ||_F for the visual [d_v, e] and text [d_t, e] projections, in their precision even under autocast."""
+    with torch.autocast(visual_proj.device.type, enabled=False):
+        return torch.linalg.matrix_norm(visual_proj @ text_proj.T)
 
 
 def distillation_loss(

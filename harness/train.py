@@ -24,12 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 import harness
+from harness.batches import TrainBatch, training_batches
 from harness.cli import config_parser, parse_config, run_cli
+from harness.compute import autocast, check_precision, grad_scaler, resolve_device
 from harness.config import LossConfig, RunConfig, config_hash
-from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
+from harness.data import Benchmark, load_benchmark, require_known_benchmark
+from harness.data.pipeline import clip_preprocess
 from harness.distributed import (
     SINGLE_PROCESS,
     DistributedEnvironment,
@@ -40,14 +44,13 @@ from harness.distributed import (
     gather_features,
     identity,
     init_process_group,
-    local_rows,
 )
 from harness.ema import EMATeacher, momentum_at
 from harness.errors import UsageError
-from harness.evaluate import format_table, predict_logits
+from harness.evaluate import format_table, predict_logits, set_report
 from harness.losses import contrastive_loss, cross_norm_penalty, distillation_loss, orthogonality_penalty
 from harness.methods import METHODS, Stage
-from harness.metrics import classification_report, embedding_spectrum
+from harness.metrics import embedding_spectrum
 from harness.models import (
     MAX_LOGIT_SCALE,
     classifier_head,
@@ -93,11 +96,6 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _generator(*parts: int) -> torch.Generator:
-    """A generator seeded by a tuple, so each epoch's order and each step's captions are reproducible alone."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
-
-
 def contrastive_terms(
     forward: torch.nn.Module,
     model: torch.nn.Module,
@@ -119,7 +117,8 @@ def contrastive_terms(
     same-class targets and teacher logits are those of the whole batch on every process.
     """
     image_features, text_features, scale = forward(images, tokens)[:3]  # open_clip CLIP: normalised features, exp(scale)
-    image_features, text_features = gather(image_features), gather(text_features[caption_index])
+    # logits and losses in fp32 under autocast: bf16 cosines (8 bits of mantissa) would blur a 1000-way softmax
+    image_features, text_features = gather(image_features.float()), gather(text_features[caption_index].float())
     targets = None
     if loss.same_class_positives:
         same = (labels[:, None] == labels[None, :]).float()
@@ -134,7 +133,7 @@ def contrastive_terms(
             teacher_images = encode_images(teacher, images)
             teacher_texts = encode_texts(teacher, tokens)[caption_index]
         # normal tensors, so that they can be gathered and autograd may save the logits as a target
-        teacher_images, teacher_texts = gather(teacher_images.clone()), gather(teacher_texts.clone())
+        teacher_images, teacher_texts = gather(teacher_images.float()), gather(teacher_texts.float())
         teacher_logits = teacher.logit_scale.exp().detach() * teacher_images @ teacher_texts.T
         student_logits = scale * image_features @ text_features.T
         terms["sd"] = distillation_loss(student_logits, student_logits.T, teacher_logits, teacher_logits.T)
@@ -152,23 +151,35 @@ class Trainer:
 
     With a multi-process ``env``, each process trains on its share of every batch through a
     ``DistributedDataParallel`` wrapper (contrastive stages only) and only the main process saves
-    checkpoints and reports to the callbacks.
+    checkpoints and reports to the callbacks. Model, head and teacher live on ``device``; forward
+    passes run under the configured autocast (``compute.precision``).
     """
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
-                 env: DistributedEnvironment = SINGLE_PROCESS):
+                 env: DistributedEnvironment = SINGLE_PROCESS, device: torch.device = torch.device("cpu")):
         self.config, self.benchmark, self.run_dir, self.callbacks = config, benchmark, run_dir, callbacks
-        self.env = env
+        self.env, self.device = env, device
+        check_precision(config.compute, device)
+        self.autocast = lambda: autocast(config.compute, device)
+        self.scaler = grad_scaler(config.compute, device)
         self.gather: Gather = gather_features if env.is_distributed else identity
         self.method = METHODS[config.method]
         self.model, self.tokenizer = create_model(config.model.name, config.model.pretrained)
+        self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on the CPU
+        self.model.to(device)
         self.forward: torch.nn.Module = self.model  # the DDP wrapper of a distributed contrastive stage
-        self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        benchmark.set_transforms(clip_preprocess(self.model, train=True), clip_preprocess(self.model))
         self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
         self.teacher = EMATeacher(self.model) if self.method.carot_terms and config.loss.sd_weight > 0 else None
-        self.steps_per_epoch = len(benchmark.train) // config.optim.batch_size
+        self.batches = training_batches(benchmark, config.optim.batch_size, config.seed, env, device,
+                                        config.data.num_workers)
+        self.steps_per_epoch = self.batches.steps_per_epoch
         if self.method.trains and self.steps_per_epoch == 0:
             raise UsageError(f"optim.batch_size ({config.optim.batch_size}) exceeds the training set ({len(benchmark.train)})")
+        if benchmark.info.get("caption_table") and self.method.trains:
+            if any(stage.objective != "contrastive" for stage in self.method.stages) or config.loss.same_class_positives:
+                raise UsageError(f"data.captions: a caption table has no class labels, which {config.method}"
+                                 f"{' with loss.same_class_positives' if config.loss.same_class_positives else ''} needs")
         if env.is_distributed:
             if config.optim.batch_size % env.world_size:
                 raise UsageError(f"optim.batch_size ({config.optim.batch_size}) must be divisible by the"
@@ -200,6 +211,7 @@ class Trainer:
             "teacher": self.teacher.state_dict() if self.teacher else None,
             "stage": stage_index,
             "optimizer": optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
         }
@@ -216,6 +228,8 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
         self._resumed_optimizer = (state["stage"], state["optimizer"])
         return True
@@ -225,29 +239,24 @@ class Trainer:
         missing = [c for c in captions if c not in self.token_cache]
         if missing:
             self.token_cache.update(zip(missing, self.tokenizer(missing)))
-        return torch.stack([self.token_cache[c] for c in captions])
+        return torch.stack([self.token_cache[c] for c in captions]).to(self.device)
 
-    def _captions(self, labels: torch.Tensor, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of the unique captions of this step's ``rows`` and, per such image, the index of its caption.
+    def _caption_tokens(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of the unique captions and, per image, the index of its caption among them.
 
-        Each image of the whole batch (``labels``) gets a template drawn from a generator seeded by
-        (seed, step), so a process's share gets the captions one process would give it; identical
-        captions are encoded once (exact: rows of a batch are independent).
+        Identical captions are encoded once (exact: rows of a batch are independent), which the
+        template captions of a class-labelled batch make frequent.
         """
-        templates = self.benchmark.templates
-        choice = torch.randint(len(templates), (len(labels),), generator=_generator(self.config.seed, 1, self.step))
-        captions = [templates[t].format(self.benchmark.classnames[y]) for t, y in zip(choice.tolist(), labels.tolist())]
-        captions = captions[rows]
         unique = list(dict.fromkeys(captions))
         position = {caption: i for i, caption in enumerate(unique)}
-        return self._tokens(unique), torch.tensor([position[c] for c in captions])
+        return self._tokens(unique), torch.tensor([position[c] for c in captions], device=self.device)
 
-    def _contrastive_terms(self, images: torch.Tensor, labels: torch.Tensor, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
-        """The terms of the whole batch (``labels``) from this process's ``rows`` of it (``images``)."""
-        tokens, caption_index = self._captions(labels, rows)
+    def _contrastive_terms(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        """The terms of the whole batch (``batch.labels``) from this process's rows of it."""
+        tokens, caption_index = self._caption_tokens(batch.captions)
         teacher = self.teacher.model if self.teacher is not None else None
-        return contrastive_terms(self.forward, self.model, images, tokens, caption_index, labels, self.config.loss,
-                                 teacher, self.gather)
+        return contrastive_terms(self.forward, self.model, batch.images, tokens, caption_index, batch.labels,
+                                 self.config.loss, teacher, self.gather)
 
     def _cross_entropy_terms(self, stage: Stage, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if stage.trains == "head":
@@ -288,11 +297,8 @@ class Trainer:
 
     def _evaluate_epoch(self, epoch: int) -> None:
         head = self.evaluation_head(self.model)
-        report = classification_report(
-            predict_logits(self.model, head, self.benchmark.val, self.config.eval.batch_size),
-            self.benchmark.val.labels,
-            self.config.eval.n_bins,
-        )
+        val = self.benchmark.val
+        report = set_report(predict_logits(self.model, head, val, self.config.eval.batch_size), val, self.config.eval.n_bins)
         metrics = {"epoch": epoch, "step": self.step, "val_acc": report["acc"], "val_ece": report["ece"], "val_nll": report["nll"]}
         self.history.append(metrics)
         self.callbacks.on_epoch(epoch, metrics)
@@ -329,35 +335,33 @@ class Trainer:
         if self.env.is_distributed:  # after _trainable: DDP registers the parameters that require grad
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.model)
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.optim.AdamW(groups, lr=self.config.optim.lr)
 
     def train_step(self, stage: Stage, optimizer: torch.optim.Optimizer, stage_step: int, stage_steps: int) -> None:
         """One optimizer step on the batch that (seed, global step) selects; advances ``self.step``."""
         started = time.perf_counter()
         optim_config = self.config.optim
-        epoch, position = divmod(self.step, self.steps_per_epoch)
-        order = torch.randperm(len(self.benchmark.train), generator=_generator(self.config.seed, 0, epoch))
-        index = order[position * optim_config.batch_size : (position + 1) * optim_config.batch_size]
-        train = self.benchmark.train
-        rows = local_rows(len(index), self.env)  # this process's share; labels stay the whole batch's
-        images, labels = train.normalise(train.images[index[rows]]), train.labels[index]
+        batch = self.batches.at(self.step)
         factor = cosine_with_warmup(stage_step, stage_steps, optim_config.warmup_steps)
         set_learning_rate(optimizer, optim_config.lr, factor)
-        if stage.objective == "contrastive":
-            terms = self._contrastive_terms(images, labels, rows)
-        else:
-            terms = self._cross_entropy_terms(stage, images, labels)
+        with self.autocast():
+            if stage.objective == "contrastive":
+                terms = self._contrastive_terms(batch)
+            else:  # single-process only: the local rows are the whole batch
+                terms = self._cross_entropy_terms(stage, batch.images, batch.labels)
         loss = self._weighted(terms)
         if not torch.isfinite(loss):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if optim_config.grad_clip:
+            self.scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, optim_config.grad_clip)
-        optimizer.step()
+        self.scaler.step(optimizer)
+        self.scaler.update()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, np.log(MAX_LOGIT_SCALE))
         if self.teacher is not None and (self.step + 1) % self.config.ema.period == 0:
@@ -377,12 +381,13 @@ class Trainer:
         return self.head
 
 
-def _evaluation_sets(benchmark: Benchmark) -> dict[str, ImageSet]:
+def _evaluation_sets(benchmark: Benchmark) -> dict[str, Dataset]:
     return {"val": benchmark.val, **benchmark.tests}
 
 
-def _reports(logits: dict[str, torch.Tensor], sets: dict[str, ImageSet], n_bins: int, temperature: float = 1.0) -> dict[str, dict]:
-    return {name: classification_report(logits[name] / temperature, sets[name].labels, n_bins) for name in logits}
+def _reports(logits: dict[str, torch.Tensor], sets: dict[str, Dataset], n_bins: int, temperature: float = 1.0) -> dict[str, dict]:
+    """Each set's metrics; the temperature divides the benchmark's logits before any projection onto a set's classes."""
+    return {name: set_report(logits[name] / temperature, sets[name], n_bins) for name in logits}
 
 
 def _summary(reports: dict[str, dict], benchmark: Benchmark, prefix: str = "") -> dict[str, float]:
@@ -396,10 +401,11 @@ def _summary(reports: dict[str, dict], benchmark: Benchmark, prefix: str = "") -
     return {f"{prefix}{key}": value for key, value in summary.items()}
 
 
-def _id_embeddings(model: torch.nn.Module, dataset: ImageSet, batch_size: int) -> torch.Tensor:
+def _id_embeddings(model: torch.nn.Module, dataset: Dataset, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
     with torch.no_grad():
         model.eval()
-        return torch.cat([encode_images(model, images) for images, _, _ in dataset.batches(batch_size)])
+        return torch.cat([encode_images(model, images.to(device)).float().cpu() for images, _, _ in dataset.batches(batch_size)])
 
 
 def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
@@ -430,6 +436,7 @@ def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
     id_set = benchmark.tests[benchmark.id_test]
     pretrained = create_model(config.model.name, None)[0]
     pretrained.load_state_dict(trainer.pretrained_state)
+    pretrained.to(trainer.device)
     spectra = {
         "features": f"L2-normalised image embeddings of the ID test set ({benchmark.id_test}), centred",
         "pretrained": embedding_spectrum(_id_embeddings(pretrained, id_set, batch)),
@@ -445,13 +452,13 @@ def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
     return result
 
 
-def _wise_ft(trainer: Trainer, sets: dict[str, ImageSet]) -> list[dict]:
+def _wise_ft(trainer: Trainer, sets: dict[str, Dataset]) -> list[dict]:
     """WiSE-FT: evaluate (1 - a) * pre-trained + a * fine-tuned weights (head included) for each alpha."""
     config, benchmark = trainer.config, trainer.benchmark
     if not config.eval.wise_alphas or not trainer.method.trains:
         return []
-    finetuned_state = trainer.model.state_dict()
-    mixed = create_model(config.model.name, None)[0]
+    finetuned_state = {k: v.cpu() for k, v in trainer.model.state_dict().items()}
+    mixed = create_model(config.model.name, None)[0].to(trainer.device)
     zeroshot_head = None
     if trainer.method.head == "linear":
         mixed.load_state_dict(trainer.pretrained_state)
@@ -462,7 +469,7 @@ def _wise_ft(trainer: Trainer, sets: dict[str, ImageSet]) -> list[dict]:
         if zeroshot_head is None:
             head = trainer.evaluation_head(mixed)
         else:
-            head = torch.nn.Linear(trainer.head.in_features, trainer.head.out_features)
+            head = torch.nn.Linear(trainer.head.in_features, trainer.head.out_features, device=trainer.device)
             head.load_state_dict(interpolate_weights(zeroshot_head.state_dict(), trainer.head.state_dict(), alpha))
         logits = {name: predict_logits(mixed, head, d, config.eval.batch_size) for name, d in sets.items()}
         reports = _reports(logits, sets, config.eval.n_bins)
@@ -523,24 +530,26 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     finished = _finished_record(run_dir, config)
     if finished is not None:
         return finished
-    require_known_model(config.model.name)
+    require_known_model(config.model.name, config.model.pretrained)
     require_known_benchmark(config.data.benchmark)
     _seed_everything(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _base_record(config, run_dir) | {"rank": env.rank, "world_size": env.world_size}
     progress = progress and env.is_main
-    benchmark = load_benchmark(config.data.benchmark, progress=progress)
-    record |= {"benchmark": benchmark.name, "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests}
-    init_process_group(env)
+    device = resolve_device(config.compute, env)
+    benchmark = load_benchmark(config.data.benchmark, data=config.data, progress=progress)
+    record |= {"benchmark": benchmark.name, "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests,
+               "device": str(device)}
+    init_process_group(env, device)
     try:
-        return _train_and_record(config, benchmark, run_dir, callbacks or TrainCallbacks(), progress, env, record)
+        return _train_and_record(config, benchmark, run_dir, callbacks or TrainCallbacks(), progress, env, device, record)
     finally:
         destroy_process_group()
 
 
 def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
-                      progress: bool, env: DistributedEnvironment, record: RunRecord) -> RunRecord:
-    trainer = Trainer(config, benchmark, run_dir, callbacks, env)
+                      progress: bool, env: DistributedEnvironment, device: torch.device, record: RunRecord) -> RunRecord:
+    trainer = Trainer(config, benchmark, run_dir, callbacks, env, device)
     started = time.perf_counter()
     try:
         record["resumed_from_step"] = trainer.step if trainer.load_checkpoint() else None

@@ -27,7 +27,6 @@ from harness.data.imagenet import (
     imagenet_sets,
     imagenet_sketch,
     imagenet_v2,
-    imagenet_wnids,
     objectnet,
     objectnet_mapping,
     project_logits,
@@ -37,24 +36,9 @@ from harness.data.imagenet import (
 from harness.data.pipeline import EpochSampler, clip_preprocess, make_loader
 from harness.errors import ConfigError
 from harness.metrics import accuracy, expected_calibration_error
+from imagenet_trees import PICK, WNIDS, jpeg, objectnet_release, tree
 
 to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # noqa: E731
-
-
-def _jpeg(path, colour, size=32, fmt="JPEG"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), colour).save(path, fmt)
-
-
-def _tree(root, folders, per_class=2, suffix=".JPEG"):
-    for k, folder in enumerate(folders):
-        for j in range(per_class):
-            _jpeg(root / str(folder) / f"img_{j}{suffix}", (20 * k % 256, 40 * j, 100))
-    return root
-
-
-WNIDS = imagenet_wnids()
-PICK = [3, 17, 250, 981]  # ImageNet indices used by the tiny trees
 
 
 # --------------------------------------------------------------------------- facts
@@ -77,7 +61,7 @@ def test_openai_templates_come_from_open_clip():
 
 
 def test_imagenet_folders_are_wordnet_ids(tmp_path):
-    root = _tree(tmp_path / "train", [WNIDS[i] for i in PICK])
+    root = tree(tmp_path / "train", [WNIDS[i] for i in PICK])
     data = imagenet_folder(root, to_tensor)
     assert len(data) == 8 and data.class_subset is None and data.label_space.num_classes == 1000
     assert sorted(set(data.labels.tolist())) == PICK
@@ -89,7 +73,7 @@ def test_imagenet_folders_are_wordnet_ids(tmp_path):
 
 
 def test_imagenet_v2_index_folders(tmp_path):
-    root = _tree(tmp_path / "v2", [0, 7, 999], suffix=".jpeg")
+    root = tree(tmp_path / "v2", [0, 7, 999], suffix=".jpeg")
     data = imagenet_v2(root, to_tensor)
     assert data.class_subset is None
     assert data.labels.tolist() == [0, 0, 7, 7, 999, 999]  # numeric, not lexicographic ("999" < "7")
@@ -99,14 +83,14 @@ def test_imagenet_v2_index_folders(tmp_path):
 
 
 def test_sketch_is_the_full_space(tmp_path):
-    root = _tree(tmp_path / "sketch", [WNIDS[i] for i in PICK[:3]], suffix=".png")
+    root = tree(tmp_path / "sketch", [WNIDS[i] for i in PICK[:3]], suffix=".png")
     data = imagenet_sketch(root, to_tensor)
     assert data.class_subset is None and sorted(set(data.labels.tolist())) == PICK[:3]
 
 
 @pytest.mark.parametrize("loader", [imagenet_r, imagenet_a])
 def test_r_and_a_subset_from_folders_present(tmp_path, loader):
-    root = _tree(tmp_path / "r", [WNIDS[i] for i in reversed(PICK)])
+    root = tree(tmp_path / "r", [WNIDS[i] for i in reversed(PICK)])
     (root / "README.txt").write_text("not a class")  # ImageNet-A ships one; files at the top are ignored
     data = loader(root, to_tensor)
     assert data.class_subset == PICK
@@ -116,7 +100,7 @@ def test_r_and_a_subset_from_folders_present(tmp_path, loader):
 
 
 def test_subset_projection_matches_hand_computation(tmp_path):
-    data = imagenet_r(_tree(tmp_path / "r", [WNIDS[i] for i in PICK], per_class=1))
+    data = imagenet_r(tree(tmp_path / "r", [WNIDS[i] for i in PICK], per_class=1))
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 1000)) * 3
     logits[0, 500] = 50.0  # a confident prediction outside the subset: must not count
@@ -148,49 +132,26 @@ def test_full_space_projection_is_identity():
 # --------------------------------------------------------------------------- ObjectNet
 
 
-def _objectnet(tmp_path, border_colour=(255, 0, 0), size=12):
-    """A fake release: 3 mapped folders (one with two ImageNet ids) + 1 unmapped folder."""
-    root = tmp_path / "objectnet-1.0"
-    maps = root / "mappings"
-    maps.mkdir(parents=True)
-    # imagenet_to_label_2012_v2: one label per line, in an order different from the model's index order.
-    line_labels = ["zeta thing", "alpha thing", "beta thing", "gamma thing"]
-    (maps / "imagenet_to_label_2012_v2").write_text("\n".join(line_labels) + "\n")
-    # pytorch_to_imagenet_2012_id.json: {model index: line}
-    json.dump({"3": 1, "17": 2, "250": 3, "981": 0}, open(maps / "pytorch_to_imagenet_2012_id.json", "w"))
-    json.dump({"bananas": "Banana", "chairs": "Chair", "mugs": "Mug", "zips": "Zipper"},
-              open(maps / "folder_to_objectnet_label.json", "w"))
-    json.dump({"Banana": "alpha thing", "Chair": "beta thing; gamma thing", "Mug": "zeta thing"},
-              open(maps / "objectnet_to_imagenet_1k.json", "w"))
-    for folder in ("bananas", "chairs", "mugs", "zips"):
-        for j in range(2):
-            image = Image.new("RGB", (size, size), border_colour)
-            image.paste(Image.new("RGB", (size - 2, size - 2), (0, 40 * j, 200)), (1, 1))
-            (root / "images" / folder).mkdir(parents=True, exist_ok=True)
-            image.save(root / "images" / folder / f"{j}.png")  # the release's images are PNG
-    return root
-
-
 def test_objectnet_mapping_files(tmp_path):
-    root = _objectnet(tmp_path)
+    root = objectnet_release(tmp_path)
     assert objectnet_mapping(root / "mappings") == {"bananas": (3,), "chairs": (17, 250), "mugs": (981,)}
 
 
 def test_objectnet_classes_labels_and_border_crop(tmp_path):
     assert OBJECTNET_BORDER == 1
-    data = objectnet(_objectnet(tmp_path), to_tensor)
+    data = objectnet(objectnet_release(tmp_path), to_tensor)
     assert data.label_space.groups == ((3,), (17, 250), (981,))  # sorted by folder; "zips" is unmapped
     assert data.labels.tolist() == [0, 0, 1, 1, 2, 2] and data.class_subset == [3, 17, 250, 981]
     image, _ = data[0]
     assert image.shape == (3, 10, 10)  # 12x12 minus a 1-px border on every side
     red = (image[0] == 255) & (image[1] == 0) & (image[2] == 0)
     assert not red.any()
-    uncropped = objectnet(_objectnet(tmp_path / "b"), to_tensor, border=0)[0][0]
+    uncropped = objectnet(objectnet_release(tmp_path / "b"), to_tensor, border=0)[0][0]
     assert uncropped.shape == (3, 12, 12) and (uncropped[0, 0] == 255).all()
 
 
 def test_objectnet_scores_a_multi_id_class_by_its_max_logit(tmp_path):
-    data = objectnet(_objectnet(tmp_path))
+    data = objectnet(objectnet_release(tmp_path))
     logits = torch.full((2, 1000), -5.0, dtype=torch.float64)
     logits[:, 500] = 40.0  # outside ObjectNet's ids: ignored
     logits[0, [3, 17, 250, 981]] = torch.tensor([1.0, 2.0, 3.0, 0.5], dtype=torch.float64)
@@ -200,22 +161,22 @@ def test_objectnet_scores_a_multi_id_class_by_its_max_logit(tmp_path):
     np.testing.assert_allclose(projected.numpy(), hand)
     probs = projected.softmax(1)
     assert accuracy(probs, labels) == 0.5
-    summed = objectnet(_objectnet(tmp_path / "s"), pooling="logsumexp").label_space.project(logits)
+    summed = objectnet(objectnet_release(tmp_path / "s"), pooling="logsumexp").label_space.project(logits)
     hand = logits.numpy()
     np.testing.assert_allclose(summed[:, 1].numpy(), np.log(np.exp(hand[:, 17]) + np.exp(hand[:, 250])))
 
 
 def test_objectnet_bad_mapping_names_the_file(tmp_path):
-    root = _objectnet(tmp_path)
+    root = objectnet_release(tmp_path)
     json.dump({"Banana": "no such thing"}, open(root / "mappings" / "objectnet_to_imagenet_1k.json", "w"))
     with pytest.raises(ConfigError, match="objectnet_to_imagenet_1k.json.*no such thing"):
         objectnet(root)
 
 
 def test_imagenet_sets_under_one_root(tmp_path):
-    _tree(tmp_path / "imagenet" / "val", [WNIDS[i] for i in PICK], per_class=1)
-    _tree(tmp_path / "imagenet-r", [WNIDS[i] for i in PICK[:2]], per_class=1)
-    _objectnet(tmp_path)
+    tree(tmp_path / "imagenet" / "val", [WNIDS[i] for i in PICK], per_class=1)
+    tree(tmp_path / "imagenet-r", [WNIDS[i] for i in PICK[:2]], per_class=1)
+    objectnet_release(tmp_path)
     sets = imagenet_sets(tmp_path, to_tensor, skip_missing=True)
     assert list(sets) == ["imagenet", "imagenet-r", "objectnet"]
     with pytest.raises(ConfigError, match="imagenet-a"):
@@ -238,7 +199,7 @@ def test_template_captions_deterministic_and_varied():
 
 
 def test_captioned_images_through_persistent_workers(tmp_path):
-    data = imagenet_folder(_tree(tmp_path / "train", [WNIDS[i] for i in PICK]), to_tensor)
+    data = imagenet_folder(tree(tmp_path / "train", [WNIDS[i] for i in PICK]), to_tensor)
     captioned = CaptionedImages(data, TemplateCaptions(seed=0))
     sampler = EpochSampler(len(captioned), seed=0)
     loader = make_loader(captioned, batch_size=4, train=True, num_workers=1, sampler=sampler, device="cpu")
@@ -256,8 +217,8 @@ def test_captioned_images_through_persistent_workers(tmp_path):
 
 
 def test_caption_table_csv_and_tsv(tmp_path):
-    _jpeg(tmp_path / "a.jpg", (1, 2, 3))
-    _jpeg(tmp_path / "sub" / "b.jpg", (4, 5, 6))
+    jpeg(tmp_path / "a.jpg", (1, 2, 3))
+    jpeg(tmp_path / "sub" / "b.jpg", (4, 5, 6))
     (tmp_path / "c.csv").write_text('filepath,caption\na.jpg,"a photo, with a comma"\nsub/b.jpg,another\n')
     table = read_caption_table(tmp_path / "c.csv", check_files=True)
     assert table.captions == ["a photo, with a comma", "another"] and list(table.lines) == [2, 3]
@@ -279,8 +240,8 @@ def test_caption_table_csv_and_tsv(tmp_path):
     ],
 )
 def test_caption_table_errors_name_file_and_line(tmp_path, text, message):
-    _jpeg(tmp_path / "a.jpg", (1, 2, 3))
-    _jpeg(tmp_path / "b.jpg", (1, 2, 3))
+    jpeg(tmp_path / "a.jpg", (1, 2, 3))
+    jpeg(tmp_path / "b.jpg", (1, 2, 3))
     (tmp_path / "c.csv").write_text(text)
     with pytest.raises(ConfigError, match=message) as error:
         read_caption_table(tmp_path / "c.csv", check_files=True)
@@ -299,7 +260,7 @@ def test_caption_table_unreadable_image_names_the_line(tmp_path):
 
 def test_clip_preprocess_and_eval_batches(tmp_path):
     transform = clip_preprocess(image_size=32)
-    data = imagenet_v2(_tree(tmp_path / "v2", [5, 9]), transform)
+    data = imagenet_v2(tree(tmp_path / "v2", [5, 9]), transform)
     batches = list(data.batches(3))
     assert [len(labels) for _, labels, _ in batches] == [3, 1]
     images = torch.cat([b[0] for b in batches])
@@ -332,7 +293,7 @@ def test_zero_shot_evaluation_through_predict_logits(tmp_path):
     model, _ = create_model("digit-vit-t", None)
     torch.manual_seed(0)  # a random 1000-way head on the image features stands in for the zero-shot head
     head = torch.nn.Linear(encode_images(model.eval(), torch.zeros(1, 3, 32, 32)).shape[1], 1000)
-    data = imagenet_a(_tree(tmp_path / "a", [WNIDS[i] for i in PICK], per_class=1), clip_preprocess(model))
+    data = imagenet_a(tree(tmp_path / "a", [WNIDS[i] for i in PICK], per_class=1), clip_preprocess(model))
     logits = predict_logits(model, head, data, batch_size=3)
     assert logits.shape == (4, 1000)
     report = projected_report(logits, data)

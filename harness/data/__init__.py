@@ -1,6 +1,7 @@
 """Benchmarks: ``load_benchmark(name)`` returns a ``Benchmark`` of torch Datasets."""
 
 from harness.data import digitshift as _digitshift  # noqa: F401  (registers "digitshift")
+from harness.data import imagenet_benchmark as _imagenet  # noqa: F401  (registers "imagenet")
 from harness.data.registry import (
     Benchmark,
     ImageSet,

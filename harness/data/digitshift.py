@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.data import captions, corruptions, sources
+from harness.config import DataConfig
 from harness.data.registry import Benchmark, ImageSet, register_benchmark
 from harness.storage import atomic_torch_save, cache_dir
 
@@ -171,8 +172,11 @@ def _load_or_build(seed: int, progress: bool) -> dict[str, dict]:
 
 
 @register_benchmark("digitshift")
-def load_digitshift(seed: int = 0, progress: bool = True) -> Benchmark:
-    """The digitshift benchmark; built on first use and cached under the harness cache dir."""
+def load_digitshift(seed: int = 0, progress: bool = True, data: DataConfig | None = None) -> Benchmark:
+    """The digitshift benchmark; built on first use and cached under the harness cache dir.
+
+    ``data`` (the run config's data section) has nothing to set for an embedded benchmark.
+    """
     sets = _load_or_build(seed, progress)
     datasets = {
         name: ImageSet(data["images"], data["labels"], {k: data[k] for k in ("source", "domain", "detail")})

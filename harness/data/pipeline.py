@@ -59,6 +59,7 @@ class EpochSampler(Sampler):
 
     With ``num_replicas > 1`` each rank takes every ``num_replicas``-th key of the same permutation,
     padded by wrapping so all ranks get ``ceil(length / num_replicas)`` keys (as DistributedSampler).
+    ``set_epoch(epoch, start)`` skips this rank's first ``start`` keys: a resumed run goes on mid-epoch.
     """
 
     def __init__(self, length: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
@@ -66,12 +67,16 @@ class EpochSampler(Sampler):
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
         self.num_replicas, self.rank = num_replicas, rank
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _per_rank(self) -> int:
+        return -(-self.length // self.num_replicas)
 
     def __len__(self) -> int:
-        return -(-self.length // self.num_replicas)
+        return max(0, self._per_rank() - self.start)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -79,8 +84,8 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.length, generator=generator).tolist()
         else:
             order = list(range(self.length))
-        total = len(self) * self.num_replicas
-        order = (order * (-(-total // max(1, len(order)))))[:total][self.rank :: self.num_replicas]
+        total = self._per_rank() * self.num_replicas
+        order = (order * (-(-total // max(1, len(order)))))[:total][self.rank :: self.num_replicas][self.start :]
         epoch = self.epoch
         return ((epoch, index) for index in order)
 

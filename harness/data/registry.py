@@ -61,7 +61,7 @@ class Benchmark:
     classnames: list[str]
     templates: list[str]  # fine-tuning caption templates, "{}" = class name
     zeroshot_templates: list[str]  # averaged into the zero-shot head
-    pretrain: Dataset
+    pretrain: Dataset | None  # the pool the embedded CLIP is pre-trained on (None: the weights come from elsewhere)
     train: Dataset
     val: Dataset
     tests: dict[str, Dataset]  # ID test first, then each OOD set
@@ -71,6 +71,19 @@ class Benchmark:
     @property
     def ood_tests(self) -> list[str]:
         return [name for name in self.tests if name != self.id_test]
+
+    @property
+    def in_memory(self) -> bool:
+        """Tensors in memory (sliced into batches) rather than files read by loader processes."""
+        return isinstance(self.train, ImageSet)
+
+    def set_transforms(self, train: Callable, evaluation: Callable) -> None:
+        """Give sets read from files the model's preprocessing (known only once the model is built)."""
+        if self.in_memory:
+            return
+        self.train.transform = train
+        for dataset in [self.val, *self.tests.values()]:
+            dataset.transform = evaluation
 
 
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
@@ -94,6 +107,6 @@ def require_known_benchmark(name: str) -> None:
 
 
 def load_benchmark(name: str, **options) -> Benchmark:
-    """Load a registered benchmark by name (``options`` go to its loader, e.g. ``seed``)."""
+    """Load a registered benchmark by name (``options`` go to its loader: ``data``, the config's data section; ``progress``)."""
     require_known_benchmark(name)
     return _REGISTRY[name](**options)
