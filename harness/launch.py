@@ -9,6 +9,8 @@ time-out submitit requeues them and ``run`` resumes from the trial's own checkpo
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,20 @@ def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
     return build(SlurmProfile, yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
+def slurm_parameters(profile: SlurmProfile, parallelism: int) -> dict[str, Any]:
+    """The profile in submitit's ``SlurmExecutor`` parameter names (sbatch's): the one mapping behind submitting
+    (``make_executor``) and rendering (``render_sbatch``), so that a dry run shows exactly what would be submitted."""
+    p = profile
+    extra = {key: value for key, value in (("account", p.account), ("qos", p.qos), ("constraint", p.constraint)) if value}
+    parameters = {
+        "partition": p.partition, "gpus_per_node": p.gpus_per_node, "ntasks_per_node": p.tasks_per_node,
+        "cpus_per_task": p.cpus_per_task, "mem": f"{p.mem_gb}GB", "time": p.timeout_min,
+        "signal_delay_s": p.signal_delay_s, "array_parallelism": min(parallelism, p.array_parallelism),
+        "setup": p.setup, "additional_parameters": extra,
+    }
+    return {key: value for key, value in parameters.items() if value is not None}
+
+
 def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None) -> submitit.Executor:
     p = load_profile(profile or "") if kind == "slurm" else None
     try:
@@ -56,17 +72,22 @@ def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None
     except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
         raise UsageError(f"launcher {kind}: {exc}") from exc
     if p is not None:
-        extra = {key: value for key, value in (("account", p.account), ("qos", p.qos), ("constraint", p.constraint)) if value}
-        parameters = {
-            "slurm_partition": p.partition, "gpus_per_node": p.gpus_per_node, "tasks_per_node": p.tasks_per_node,
-            "cpus_per_task": p.cpus_per_task, "mem_gb": p.mem_gb, "timeout_min": p.timeout_min,
-            "slurm_signal_delay_s": p.signal_delay_s, "slurm_array_parallelism": min(parallelism, p.array_parallelism),
-            "slurm_setup": p.setup, "slurm_additional_parameters": extra,
-        }
-        executor.update_parameters(**{key: value for key, value in parameters.items() if value is not None})
+        executor.update_parameters(**{f"slurm_{key}": value for key, value in slurm_parameters(p, parallelism).items()})
     else:
         executor.update_parameters(timeout_min=24 * 60)
     return executor
+
+
+def render_sbatch(profile: str, folder: Path, parallelism: int = 1, array_size: int = 1) -> str:
+    """The sbatch script submitit would submit for one wave of ``array_size`` trials (one job, or a job array), for
+    ``--dry-run`` on any machine: ``SlurmExecutor`` cannot even be built where ``srun`` is missing, so this calls the
+    template it submits with, ``submitit.slurm.slurm._make_sbatch_string`` (private; tests compare the two)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = Path(folder).expanduser().absolute()  # as submitit's executors hold it
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    return _make_sbatch_string(command=command, folder=folder, map_count=array_size if array_size > 1 else None,
+                               **slurm_parameters(load_profile(profile), parallelism))
 
 
 class TrialJob(submitit.helpers.Checkpointable):
@@ -80,7 +101,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         from harness.tracking import tracker_for
         from harness.train import TrainCallbacks, run
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(job_threads(threads))
         run_config = RunConfig.model_validate(config)
         env = environment_from_env()  # several tasks per job: one trial over all of them (submitit returns task 0's)
         callbacks = tracker_for(run_config, study) if env.is_main else TrainCallbacks()
@@ -93,3 +114,9 @@ class TrialJob(submitit.helpers.Checkpointable):
 
 def threads_per_job(parallelism: int) -> int:
     return max(1, (os.cpu_count() or 1) // parallelism)
+
+
+def job_threads(default: int) -> int:
+    """Torch threads of a running job: its SLURM allocation per task when it has one (the driver's share of the login
+    node's CPUs says nothing about a compute node), else ``default``, the driver's share of this machine's CPUs."""
+    return int(os.environ.get("SLURM_CPUS_PER_TASK", default))

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from harness.claims import ClaimLock
 from harness.cli import run_cli
 from harness.errors import ConfigError
-from harness.launch import TrialJob, load_profile, make_executor, threads_per_job
+from harness.launch import TrialJob, load_profile, make_executor, render_sbatch, threads_per_job
 from harness.spec import SweepSpec, grid_points, load_spec, point_key, run_slug, trial_config
 from harness.study import default_storage, make_sampler, objective_values, open_study, shown
 
@@ -278,17 +278,32 @@ class Sweep:
             handle.write(json.dumps(line) + "\n")
 
     # -- the loop -----------------------------------------------------------------------------
+    def check_processes(self, processes: int) -> None:
+        """Trials over several processes train contrastive methods only: refuse the others before any job starts."""
+        from harness.methods import METHODS
+
+        if processes == 1:
+            return
+        planned = self.planned() or [({}, self.spec.seeds[0])]
+        methods = {trial_config(self.spec, params, seed, self.out, self.folder).method for params, seed in planned}
+        single = sorted(m for m in methods if any(stage.objective != "contrastive" for stage in METHODS[m].stages))
+        if single:
+            raise ConfigError(f"launcher.profile: {self.spec.launcher.profile} runs each trial over {processes} processes, "
+                              f"which only contrastive methods support; run {', '.join(single)} in a separate sweep "
+                              "with a 1-task profile (e.g. gpu-1)")
+
     def prepare(self) -> None:
         """Build what every trial shares (benchmark, embedded pretrained weights) once, here, with visible progress,
-        rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log."""
+        rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log;
+        a benchmark read from disk is listed, so a wrong data root fails here, before any job starts."""
         from harness.data import load_benchmark
         from harness.models import EMBEDDED_PRETRAINED
         from harness.pretrain import ensure_pretrained
 
         planned = self.planned() or [({}, self.spec.seeds[0])]
         configs = [trial_config(self.spec, params, seed, self.out, self.folder) for params, seed in planned]
-        for benchmark in sorted({c.data.benchmark for c in configs}):
-            load_benchmark(benchmark)
+        for data in {c.data.model_dump_json(): c.data for c in configs}.values():  # also checks data roots early
+            load_benchmark(data.benchmark, data=data)
         for name in sorted({c.model.name for c in configs if c.model.pretrained == EMBEDDED_PRETRAINED}):
             ensure_pretrained(name)
 
@@ -470,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.launcher.kind == "slurm":
         if not spec.launcher.profile:
             raise ConfigError("launcher.profile: the slurm launcher needs a profile from slurm/ (--profile NAME)")
-        load_profile(spec.launcher.profile)
+        sweep.check_processes(load_profile(spec.launcher.profile).tasks_per_node)
     if args.engine == "wandb":
         from harness.wandb_sweep import run_wandb_sweep, sweep_config
 
@@ -480,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_wandb_sweep(spec, args.spec.parent, out, count=args.count, sweep_id=args.sweep_id)
     if args.dry_run:
         print(sweep.describe())
+        if spec.launcher.kind == "slurm":  # the first wave: up to `parallelism` trials, one job or a job array
+            wave = min(spec.launcher.parallelism, sweep.total())
+            print(f"\nsbatch script of the first {wave} trial(s), as submitit would submit it:")
+            print(render_sbatch(spec.launcher.profile, out / "jobs", spec.launcher.parallelism, wave))
         return 0
     return sweep.run()
 
