@@ -4,7 +4,9 @@ The workers run the real training step (``Trainer.train_step``) of the tiny rand
 small synthetic benchmark, for a FLYP-style config (label smoothing, same-class positives) and a
 CaRot-style one (plus orthogonality, cross-norm and distillation from a perturbed teacher copy),
 and write the loss terms and every parameter's gradient; the test compares them with one
-in-process run on the whole batch. Run as a script, this file is the worker.
+in-process run on the whole batch. Batches come from tensors in memory (each rank slices its half)
+or, as for ImageNet, from a loader over a dataset read item by item (each rank samples its share of
+the epoch's permutation and the labels are gathered). Run as a script, this file is the worker.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
 from harness.config import load_run_config
 from harness.data import Benchmark, ImageSet
@@ -43,6 +46,7 @@ CASES = {
     "carot": ["method=carot", "loss.label_smoothing=0.1", "loss.same_class_positives=true", "loss.oc_weight=0.2",
               "loss.cross_weight=0.05", "loss.sd_weight=1.5", "ema.period=1000"],
 }
+SOURCES = ("tensors", "loader")
 WORKER_TIMEOUT_S = 120
 
 
@@ -56,6 +60,25 @@ def _benchmark() -> Benchmark:
         templates=["a photo of {}.", "the digit {}", "{}"], zeroshot_templates=["the digit {}"],
         pretrain=train, train=train, val=train, tests={"id": train}, id_test="id",
     )
+
+
+class _ItemByItem(Dataset):
+    """The same images served one by one, like files (not an ``ImageSet``): training goes through ``LoaderBatches``."""
+
+    def __init__(self, images: ImageSet):
+        self.images, self.labels = images, images.labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index]
+
+
+def _loader_benchmark() -> Benchmark:
+    benchmark = _benchmark()
+    benchmark.train = _ItemByItem(benchmark.train)
+    return benchmark
 
 
 class _Record(TrainCallbacks):
@@ -75,13 +98,15 @@ def _plain_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str = "exact") -> dict:
+def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str = "exact", source: str = "tensors") -> dict:
     """One real training step of ``case``; its loss terms (main process) and every parameter's gradient."""
     config = load_run_config(None, [*CASES[case], "model.name=digit-vit-t", "model.pretrained=null",
-                                    f"optim.batch_size={BATCH}", "optim.epochs=1", f"run_dir={run_dir}"])
+                                    f"optim.batch_size={BATCH}", "optim.epochs=1", "data.num_workers=0",
+                                    f"run_dir={run_dir}"])
     torch.manual_seed(0)  # the same random init on every process and in the reference
     callbacks = _Record()
-    trainer = Trainer(config, _benchmark(), run_dir, callbacks, env)
+    benchmark = _benchmark() if source == "tensors" else _loader_benchmark()
+    trainer = Trainer(config, benchmark, run_dir, callbacks, env)
     if gather == "plain":
         trainer.gather = _plain_gather
     if trainer.teacher is not None:  # a teacher equal to the student gives the distillation term no gradient
@@ -104,6 +129,9 @@ def _worker(out_dir: Path, gathers: list[str]) -> None:
     try:
         results = {gather: {case: one_step(case, env, out_dir / f"run-{gather}-{case}-{env.rank}", gather)
                             for case in CASES} for gather in gathers}
+        if "exact" in gathers:
+            results["loader"] = {case: one_step(case, env, out_dir / f"run-loader-{case}-{env.rank}", source="loader")
+                                 for case in CASES}
         torch.save(results, out_dir / f"rank{env.rank}.pt")
     finally:
         destroy_process_group()
@@ -145,6 +173,12 @@ def reference(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
+def loader_reference(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("single-loader")
+    return {case: one_step(case, SINGLE_PROCESS, root / case, source="loader") for case in CASES}
+
+
+@pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> list[dict]:
     return _spawn_two(tmp_path_factory.mktemp("ddp"))
 
@@ -153,9 +187,11 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_two_processes_match_one_on_the_whole_batch(case, reference, two_processes):
-    expected, (rank0, rank1) = reference[case], [results["exact"] for results in two_processes]
+def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loader_reference, two_processes):
+    expected = (reference if source == "tensors" else loader_reference)[case]
+    rank0, rank1 = [results["exact" if source == "tensors" else "loader"] for results in two_processes]
     assert set(rank0[case]["losses"]) == set(expected["losses"])
     for name, value in expected["losses"].items():
         assert rank0[case]["losses"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
