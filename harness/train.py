@@ -159,7 +159,6 @@ class Trainer:
                  env: DistributedEnvironment = SINGLE_PROCESS, device: torch.device = torch.device("cpu")):
         self.config, self.benchmark, self.run_dir, self.callbacks = config, benchmark, run_dir, callbacks
         self.env, self.device = env, device
-        check_precision(config.compute, device)
         self.autocast = lambda: autocast(config.compute, device)
         self.scaler = grad_scaler(config.compute, device)
         self.gather: Gather = gather_features if env.is_distributed else identity
@@ -537,6 +536,7 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     record = _base_record(config, run_dir) | {"rank": env.rank, "world_size": env.world_size}
     progress = progress and env.is_main
     device = resolve_device(config.compute, env)
+    check_precision(config.compute, device)
     benchmark = load_benchmark(config.data.benchmark, data=config.data, progress=progress)
     record |= {"benchmark": benchmark.name, "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests,
                "device": str(device)}
