@@ -37,6 +37,12 @@ class Method:
     def trains(self) -> bool:
         return bool(self.stages)
 
+    @property
+    def contrastive_only(self) -> bool:
+        """Every stage is contrastive: no class labels are needed beyond captions, and no trained head
+        (what multi-process trials and caption tables support)."""
+        return all(stage.objective == "contrastive" for stage in self.stages)
+
 
 _LINEAR_PROBE = Stage("head", "cross_entropy")
 _FULL_FT = Stage("image+head", "cross_entropy")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from harness.claims import ClaimLock
 from harness.cli import run_cli
+from harness.config import RunConfig
 from harness.errors import ConfigError
 from harness.launch import TrialJob, load_profile, make_executor, render_sbatch, threads_per_job
 from harness.spec import SweepSpec, grid_points, load_spec, point_key, run_slug, trial_config
@@ -278,15 +279,19 @@ class Sweep:
             handle.write(json.dumps(line) + "\n")
 
     # -- the loop -----------------------------------------------------------------------------
+    def _known_configs(self) -> list[RunConfig]:
+        """The run configs known before any trial runs: every grid point's, or the base config of a sampler sweep."""
+        planned = self.planned() or [({}, self.spec.seeds[0])]
+        return [trial_config(self.spec, params, seed, self.out, self.folder) for params, seed in planned]
+
     def check_processes(self, processes: int) -> None:
         """Trials over several processes train contrastive methods only: refuse the others before any job starts."""
         from harness.methods import METHODS
 
         if processes == 1:
             return
-        planned = self.planned() or [({}, self.spec.seeds[0])]
-        methods = {trial_config(self.spec, params, seed, self.out, self.folder).method for params, seed in planned}
-        single = sorted(m for m in methods if any(stage.objective != "contrastive" for stage in METHODS[m].stages))
+        methods = {config.method for config in self._known_configs()}
+        single = sorted(m for m in methods if not METHODS[m].contrastive_only)
         if single:
             raise ConfigError(f"launcher.profile: {self.spec.launcher.profile} runs each trial over {processes} processes, "
                               f"which only contrastive methods support; run {', '.join(single)} in a separate sweep "
@@ -300,8 +305,7 @@ class Sweep:
         from harness.models import EMBEDDED_PRETRAINED
         from harness.pretrain import ensure_pretrained
 
-        planned = self.planned() or [({}, self.spec.seeds[0])]
-        configs = [trial_config(self.spec, params, seed, self.out, self.folder) for params, seed in planned]
+        configs = self._known_configs()
         for data in {c.data.model_dump_json(): c.data for c in configs}.values():  # also checks data roots early
             load_benchmark(data.benchmark, data=data)
         for name in sorted({c.model.name for c in configs if c.model.pretrained == EMBEDDED_PRETRAINED}):

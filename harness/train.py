@@ -159,7 +159,6 @@ class Trainer:
                  env: DistributedEnvironment = SINGLE_PROCESS, device: torch.device = torch.device("cpu")):
         self.config, self.benchmark, self.run_dir, self.callbacks = config, benchmark, run_dir, callbacks
         self.env, self.device = env, device
-        self.autocast = lambda: autocast(config.compute, device)
         self.scaler = grad_scaler(config.compute, device)
         self.gather: Gather = gather_features if env.is_distributed else identity
         self.method = METHODS[config.method]
@@ -176,14 +175,14 @@ class Trainer:
         if self.method.trains and self.steps_per_epoch == 0:
             raise UsageError(f"optim.batch_size ({config.optim.batch_size}) exceeds the training set ({len(benchmark.train)})")
         if benchmark.info.get("caption_table") and self.method.trains:
-            if any(stage.objective != "contrastive" for stage in self.method.stages) or config.loss.same_class_positives:
+            if not self.method.contrastive_only or config.loss.same_class_positives:
                 raise UsageError(f"data.captions: a caption table has no class labels, which {config.method}"
                                  f"{' with loss.same_class_positives' if config.loss.same_class_positives else ''} needs")
         if env.is_distributed:
             if config.optim.batch_size % env.world_size:
                 raise UsageError(f"optim.batch_size ({config.optim.batch_size}) must be divisible by the"
                                  f" number of processes ({env.world_size})")
-            if any(stage.objective != "contrastive" for stage in self.method.stages):
+            if not self.method.contrastive_only:
                 raise UsageError(f"multi-process training supports contrastive methods only, not {config.method}")
         self.stage_steps = [self._epochs(stage, i) * self.steps_per_epoch for i, stage in enumerate(self.method.stages)]
         self.total_steps = sum(self.stage_steps)
@@ -266,9 +265,6 @@ class Trainer:
         logits = self.head(features)
         return {"cross_entropy": F.cross_entropy(logits, labels, label_smoothing=self.config.loss.label_smoothing)}
 
-    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return weighted_loss(terms, self.config.loss)
-
     # -- the loop ----------------------------------------------------------------------------
     def _trainable(self, stage: Stage) -> list[tuple[str, torch.nn.Parameter]]:
         head = [(f"head.{n}", p) for n, p in self.head.named_parameters()]
@@ -344,12 +340,12 @@ class Trainer:
         batch = self.batches.at(self.step)
         factor = cosine_with_warmup(stage_step, stage_steps, optim_config.warmup_steps)
         set_learning_rate(optimizer, optim_config.lr, factor)
-        with self.autocast():
+        with autocast(self.config.compute, self.device):
             if stage.objective == "contrastive":
                 terms = self._contrastive_terms(batch)
             else:  # single-process only: the local rows are the whole batch
                 terms = self._cross_entropy_terms(stage, batch.images, batch.labels)
-        loss = self._weighted(terms)
+        loss = weighted_loss(terms, self.config.loss)
         if not torch.isfinite(loss):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
