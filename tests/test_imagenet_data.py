@@ -14,7 +14,7 @@ from harness.data.finetune_captions import (
     CaptionedImages,
     CaptionFileDataset,
     TemplateCaptions,
-    openai_imagenet_templates,
+    imagenet_templates,
     read_caption_table,
 )
 from harness.data.imagenet import (
@@ -52,7 +52,7 @@ def test_wnid_table_is_the_standard_order():
 
 
 def test_openai_templates_come_from_open_clip():
-    templates = openai_imagenet_templates()
+    templates = imagenet_templates("openai")
     assert len(templates) == 80 and all("{}" in t for t in templates)
     assert len(set(templates)) == 80
 

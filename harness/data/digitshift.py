@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.data import captions, corruptions, sources
 from harness.config import DataConfig
+from harness.data import captions, corruptions, sources
 from harness.data.registry import Benchmark, ImageSet, register_benchmark
 from harness.storage import atomic_torch_save, cache_dir
 

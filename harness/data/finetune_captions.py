@@ -28,11 +28,16 @@ from harness.data.pipeline import mix64
 from harness.errors import ConfigError
 
 
-def openai_imagenet_templates() -> tuple[str, ...]:
-    """open_clip's 80 OpenAI ImageNet templates as ``"{}"`` format strings (open_clip stores callables)."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+def format_strings(templates: Sequence) -> tuple[str, ...]:
+    """Templates as ``"{}"`` format strings (open_clip stores its own as callables)."""
+    return tuple(t("{}") if callable(t) else t for t in templates)
 
-    return tuple(t("{}") if callable(t) else t for t in OPENAI_IMAGENET_TEMPLATES)
+
+def imagenet_templates(which: str = "openai") -> tuple[str, ...]:
+    """open_clip's ImageNet templates as format strings: the 80 OpenAI ones, or its 7 ``"simple"`` ones."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    return format_strings(SIMPLE_IMAGENET_TEMPLATES if which == "simple" else OPENAI_IMAGENET_TEMPLATES)
 
 
 class TemplateCaptions:
@@ -42,7 +47,7 @@ class TemplateCaptions:
         if classnames is None:
             from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES as classnames
         self.classnames = tuple(classnames)
-        self.templates = tuple(t("{}") if callable(t) else t for t in templates) if templates else openai_imagenet_templates()
+        self.templates = format_strings(templates) if templates else imagenet_templates()
         self.seed = seed
 
     def template_index(self, epoch: int, index: int) -> int:

@@ -24,21 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from harness.config import DataConfig
-from harness.data.finetune_captions import CaptionFileDataset, CaptionTable, openai_imagenet_templates, read_caption_table
+from harness.data.finetune_captions import CaptionFileDataset, CaptionTable, imagenet_templates, read_caption_table
 from harness.data.imagenet import DEFAULT_DIRS, OOD_SETS, FolderImageSet, LabelSpace, imagenet_classnames, imagenet_sets
 from harness.data.pipeline import default_num_workers, mix64
 from harness.data.registry import Benchmark, register_benchmark
 from harness.errors import ConfigError
 
 VAL_SPLIT_SEED = 0
-
-
-def _templates(choice: str) -> list[str]:
-    if choice == "simple":
-        from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
-
-        return [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]
-    return list(openai_imagenet_templates())
 
 
 def split_train_val(train: FolderImageSet, per_class: int, num_workers: int) -> tuple[FolderImageSet, FolderImageSet]:
@@ -94,7 +86,7 @@ def load_imagenet(data: DataConfig | None = None, progress: bool = True) -> Benc
     missing = [name for name in OOD_SETS if name not in found]
     if missing and progress:
         print(f"imagenet: not found under {root}, not evaluated: {', '.join(missing)}", file=sys.stderr)
-    templates = _templates(data.templates)
+    templates = list(imagenet_templates(data.templates))
     return Benchmark(
         name="imagenet", classnames=list(imagenet_classnames()), templates=templates, zeroshot_templates=templates,
         pretrain=None, train=train, val=val, tests=tests, id_test="imagenet",
