@@ -8,7 +8,6 @@ a study storage and W&B settings. ``grid_points`` enumerates grid x seeds determ
 from __future__ import annotations
 
 import hashlib
-
 import itertools
 import json
 from pathlib import Path
