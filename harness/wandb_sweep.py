@@ -69,7 +69,8 @@ def sweep_config(spec: SweepSpec) -> dict[str, Any]:
 
 
 class AgentTrial:
-    """What ``wandb.agent`` calls once per run: the run's config (set by the agent) -> RunConfig -> ``TrialJob``."""
+    """What ``wandb.agent`` calls once per run: the run's config (set by the agent) -> RunConfig -> ``TrialJob``;
+    it also collects this worker's failed trials."""
 
     def __init__(self, spec: SweepSpec, folder: Path, out: Path):
         self.spec, self.folder, self.out = spec, folder, out
@@ -103,11 +104,6 @@ class AgentTrial:
             self.failures.append(f"{key}: {result['status']} {result.get('error') or ''} [record: {result['record']}]")
 
 
-def agent_trial(spec: SweepSpec, folder: Path, out: Path) -> AgentTrial:
-    """The function for ``wandb.agent(sweep_id, function=...)``; it also collects this worker's failed trials."""
-    return AgentTrial(spec, folder, out)
-
-
 def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None = None,
                     sweep_id: str | None = None) -> int:
     """Create the W&B sweep (or join ``sweep_id``) and run one agent here; 1 when a trial of this worker failed.
@@ -129,7 +125,7 @@ def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None 
         sweep_id = wandb.sweep(config, entity=spec.tracking.entity, project=spec.tracking.project)
     if count is None and spec.sampler.name != "grid":
         count = config["run_cap"]
-    trial = agent_trial(spec, folder, out)
+    trial = AgentTrial(spec, folder, out)
     wandb.agent(sweep_id, function=trial, entity=spec.tracking.entity, project=spec.tracking.project, count=count)
     if trial.failures:
         print("failed trials: " + "; ".join(trial.failures))

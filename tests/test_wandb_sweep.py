@@ -15,7 +15,7 @@ import harness.train
 from harness.cli import run_cli
 from harness.errors import ConfigError
 from harness.spec import load_spec, point_key
-from harness.wandb_sweep import agent_trial, run_wandb_sweep, sweep_config
+from harness.wandb_sweep import AgentTrial, run_wandb_sweep, sweep_config
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "optim": {"epochs": 1}}
@@ -149,7 +149,7 @@ def test_the_agent_trial_runs_the_trial_of_the_agents_point_in_the_agents_run(tm
     monkeypatch.setattr(harness.train, "run", _fake_run(seen))
     agent_run({"variant": "flyp+SD", "seed": 2})
     out = tmp_path / "out"
-    trial = agent_trial(spec, SWEEPS, out)
+    trial = AgentTrial(spec, SWEEPS, out)
     trial()
     (config, callbacks, run), = seen
     assert (config.method, config.loss.oc_weight, config.loss.sd_weight, config.ema.period) == ("carot", 0.0, 0.5, 2)
@@ -168,7 +168,7 @@ def test_the_agent_trial_normalises_ranges_and_collects_failures(tmp_path, monke
     seen: list = []
     monkeypatch.setattr(harness.train, "run", _fake_run(seen, status="failed"))
     agent_run({"ema.period": 7.0, "loss.sd_weight": 1, "seed": 0})
-    trial = agent_trial(spec, tmp_path, tmp_path / "out")
+    trial = AgentTrial(spec, tmp_path, tmp_path / "out")
     trial()
     (config, _, _), = seen
     assert config.ema.period == 7 and config.loss.sd_weight == 1.0
@@ -179,4 +179,4 @@ def test_the_agent_trial_refuses_a_run_from_another_sweep(tmp_path, agent_run):
     spec = load_spec(SWEEPS / "ablation.yaml", ["tracking.mode=online"])
     agent_run({"method": "flyp", "seed": 0})
     with pytest.raises(ConfigError, match=r"lacks \['variant'\]"):
-        agent_trial(spec, SWEEPS, tmp_path / "out")()
+        AgentTrial(spec, SWEEPS, tmp_path / "out")()
