@@ -72,14 +72,25 @@ class LossConfig(StrictModel):
     )
 
 
-class EMAConfig(StrictModel):
-    """The EMA teacher of self-distillation. ``period`` is an absolute number of optimizer steps
-    (released: 500 of ~25k ImageNet steps, 2%; a default digitshift run has ~150 steps)."""
+EMAPeriod = Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]
 
-    period: int = Field(5, ge=1, description="optimizer steps between EMA teacher updates")
+
+class EMAConfig(StrictModel):
+    """The EMA teacher of self-distillation. ``period`` is a number of optimizer steps, or a share of
+    all steps such as ``"2%"`` (released: 500 of ~25k ImageNet steps, 2%), which means the same at
+    every budget; see ``period_steps``."""
+
+    period: EMAPeriod = Field("2%", description="optimizer steps between EMA teacher updates, or a share of all "
+                              "steps such as '2%' (at least 1 step)")
     m_src: float = Field(0.05, ge=0.0, le=1.0)
     m_tar: float = Field(0.9, ge=0.0, le=1.0)
     warmup: float = Field(0.2, ge=0.0, le=1.0, description="fraction of all steps over which m rises")
+
+    def period_steps(self, total_steps: int) -> int:
+        """The period in optimizer steps for a run of ``total_steps``: a share is rounded, at least 1."""
+        if isinstance(self.period, int):
+            return self.period
+        return max(1, round(float(self.period.rstrip("%")) / 100 * total_steps))
 
 
 class OptimConfig(StrictModel):
@@ -89,6 +100,14 @@ class OptimConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm; null = no clipping")
+    weight_decay_on: Literal["all", "matrices"] = Field(
+        "all", description="all: every parameter (as the released CaRot code); matrices: open_clip's rule, no decay "
+        "on gains, biases, embeddings and the logit scale",
+    )
+    logit_scale_max: float | None = Field(
+        None, gt=1.0, description="clamp the learned logit scale at this value after each step (open_clip: 100); "
+        "null: no clamp, as the released CaRot code",
+    )
     lp_epochs: int = Field(2, ge=1, description="lpft only: epochs of the linear-probe stage before optim.epochs of FT")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
 
@@ -98,9 +117,19 @@ class EvalConfig(StrictModel):
     n_bins: int = Field(15, ge=1)
     every_epoch: bool = Field(False, description="evaluate the ID validation split after every epoch")
     temperature_scaling: bool = Field(True, description="fit one temperature on ID validation NLL; report both")
+    teacher: bool = Field(True, description="also evaluate CaRot's EMA teacher on every set (teacher_* summary keys)")
     wise_alphas: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=list, description="WiSE-FT mixing weights to evaluate (0 = pre-trained, 1 = fine-tuned)"
     )
+    wise_ft: Literal["released", "all_weights"] = Field(
+        "released", description="contrastive methods: released = blend the image tower and the zero-shot and "
+        "fine-tuned heads (as the CaRot/FLYP code); all_weights = blend the whole model, text tower and logit scale "
+        "included, and rebuild the head from the blended text tower",
+    )
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of each test set for the ECE's 95% interval; "
+                           "0: neither intervals nor noise floors")
+    floor_draws: int = Field(300, ge=2, description="label draws for each set's calibration noise floor (the ECE of "
+                             "a perfectly calibrated model with the same confidences)")
 
 
 class ComputeConfig(StrictModel):

@@ -17,29 +17,54 @@ from harness.compute import resolve_device
 from harness.data import Benchmark, ImageSet, load_benchmark, require_known_benchmark
 from harness.data.pipeline import clip_preprocess
 from harness.distributed import SINGLE_PROCESS
-from harness.metrics import classification_report
+from harness.metrics import CalibrationUncertainty, calibration_uncertainty, classification_report
 from harness.models import classifier_head, create_model, encode_images, logit_scale, require_known_model
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, head: torch.nn.Module, dataset: ImageSet, batch_size: int = 256) -> torch.Tensor:
-    """Logits ``[N, C]`` = head(normalised image features), accumulated over the whole set."""
+def image_features(model: torch.nn.Module, dataset: ImageSet, batch_size: int = 256) -> torch.Tensor:
+    """Normalised image features ``[N, D]`` of a whole set, in fp32 on the model's device: computed once per
+    model and set, then shared by the logits of every head and by the embedding spectrum."""
     was_training = model.training
     model.eval()
-    device = head.weight.device
-    chunks = [head(encode_images(model, images.to(device))) for images, _, _ in dataset.batches(batch_size)]
+    device = next(model.parameters()).device
+    chunks = [encode_images(model, images.to(device)).float() for images, _, _ in dataset.batches(batch_size)]
     model.train(was_training)
-    return torch.cat(chunks).float().cpu()
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def head_logits(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Logits ``[N, C]`` on the CPU from features computed by ``image_features``."""
+    return head(features.to(head.weight.dtype)).float().cpu()
+
+
+def predict_logits(model: torch.nn.Module, head: torch.nn.Module, dataset: ImageSet, batch_size: int = 256) -> torch.Tensor:
+    """Logits ``[N, C]`` = head(normalised image features), accumulated over the whole set."""
+    return head_logits(head, image_features(model, dataset, batch_size))
+
+
+def set_logits_and_labels(logits: torch.Tensor, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """A set's logits over its own classes and its labels: a set with a label space (ImageNet-R/-A: 200
+    classes, ObjectNet: 113) gets the benchmark's logits projected onto its classes before the softmax."""
+    if hasattr(dataset, "label_space"):
+        from harness.data.imagenet import projected_logits_and_labels
+
+        return projected_logits_and_labels(logits, dataset)
+    return logits, dataset.labels
 
 
 def set_report(logits: torch.Tensor, dataset: Dataset, n_bins: int = 15) -> dict:
-    """Metrics over the set's own classes: a set with a label space (ImageNet-R/-A: 200 classes, ObjectNet: 113)
-    gets the benchmark's logits projected onto its classes before the softmax."""
-    if hasattr(dataset, "label_space"):
-        from harness.data.imagenet import projected_report
+    """Every metric of one set, over its own classes."""
+    return classification_report(*set_logits_and_labels(logits, dataset), n_bins)
 
-        return projected_report(logits, dataset, n_bins)
-    return classification_report(logits, dataset.labels, n_bins)
+
+def set_report_with_uncertainty(logits: torch.Tensor, dataset: Dataset, n_bins: int, resamples: int,
+                                draws: int) -> tuple[dict, CalibrationUncertainty]:
+    """``set_report`` plus the ECE's bootstrap interval and the set's calibration noise floor."""
+    logits, labels = set_logits_and_labels(logits, dataset)
+    uncertainty = calibration_uncertainty(logits.double().softmax(dim=1), labels, n_bins, resamples, draws)
+    return classification_report(logits, labels, n_bins) | uncertainty.fields(), uncertainty
 
 
 def evaluate_sets(

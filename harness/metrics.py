@@ -9,8 +9,11 @@ here predictions are accumulated first and every metric is computed once. ``prob
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import stats
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -123,11 +126,77 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, n_bins: in
     }
 
 
+def _ece_of_rows(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE of every row of ``[..., N]`` arrays at once: sum over bins of |sum(correct - confidence)| / N."""
+    n = confidence.shape[-1]
+    confidence, correct = confidence.reshape(-1, n), correct.reshape(-1, n)
+    rows = len(confidence)
+    bins = np.clip(np.floor(confidence * n_bins).astype(np.int64), 0, n_bins - 1) + n_bins * np.arange(rows)[:, None]
+    gaps = np.bincount(bins.ravel(), weights=(correct - confidence).ravel(), minlength=rows * n_bins)
+    return np.abs(gaps.reshape(rows, n_bins)).sum(axis=1) / n
+
+
+@dataclass(frozen=True)
+class CalibrationUncertainty:
+    """How far one set's ECE can be trusted.
+
+    ``ci``: 95% percentile-bootstrap interval of the ECE over the set's images; ``resamples``: the
+    bootstrap distribution (to combine sets). ``floor``: the calibration noise floor, the expected
+    ECE of a perfectly calibrated model with the same confidences (each prediction correct with
+    probability equal to its confidence), and ``floor_sd`` its spread: an ECE near the floor is
+    indistinguishable from perfect calibration at this set size.
+    """
+
+    ci: tuple[float, float]
+    resamples: np.ndarray
+    floor: float
+    floor_sd: float
+
+    def fields(self) -> dict[str, float | list[float]]:
+        """What a set's record stores."""
+        return {"ece_ci": list(self.ci), "ece_floor": self.floor, "ece_floor_sd": self.floor_sd}
+
+
+def ece_bootstrap(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15, resamples: int = 1000,
+                  seed: int = 0) -> tuple[tuple[float, float], np.ndarray]:
+    """95% percentile-bootstrap interval of the top-label ECE over samples, and the bootstrap distribution.
+
+    Percentile rather than BCa: BCa's jackknife would cost one ECE per sample. The ECE estimator is
+    biased upward at small n, and so is this interval; compare it with the noise floor.
+    """
+    confidence, correct = (x.numpy() for x in _top_label(probs, labels))
+    result = stats.bootstrap((confidence, correct), lambda c, k, axis: _ece_of_rows(c, k, n_bins).reshape(c.shape[:-1]),
+                             n_resamples=resamples, paired=True, vectorized=True, method="percentile",
+                             confidence_level=0.95, batch=100, random_state=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return (float(interval.low), float(interval.high)), result.bootstrap_distribution
+
+
+def calibration_noise_floor(probs: torch.Tensor, n_bins: int = 15, draws: int = 300, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of the ECE of a perfectly calibrated model with these confidences, over ``draws`` label draws."""
+    confidence = probs.double().max(dim=1).values.numpy()
+    rng = np.random.default_rng(seed)
+    correct = (rng.random((draws, len(confidence))) < confidence).astype(np.float64)
+    eces = _ece_of_rows(np.broadcast_to(confidence, correct.shape), correct, n_bins)
+    return float(eces.mean()), float(eces.std(ddof=1))
+
+
+def calibration_uncertainty(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15, resamples: int = 1000,
+                            draws: int = 300, seed: int = 0) -> CalibrationUncertainty:
+    """The bootstrap interval of the ECE and the calibration noise floor of one set."""
+    ci, distribution = ece_bootstrap(probs, labels, n_bins, resamples, seed)
+    floor, floor_sd = calibration_noise_floor(probs, n_bins, draws, seed)
+    return CalibrationUncertainty(ci=ci, resamples=distribution, floor=floor, floor_sd=floor_sd)
+
+
 def embedding_spectrum(features: torch.Tensor) -> dict[str, float]:
     """Singular values of the covariance of ``features`` [N, D] (centred; 1/(N-1) normalisation).
 
     The caller decides what goes in: the harness passes L2-normalised ID image embeddings, as
     CLIP's features are; the paper's sigma_min is the smallest of these singular values.
+    ``sigma_min_rel`` = D * sigma_min / trace, sigma_min over the mean eigenvalue: scale-free (a model
+    whose features spread more overall does not get a larger value for it) and, unlike the
+    correlation matrix's smallest eigenvalue, independent of the embedding's basis.
     """
     x = features.double()
     x = x - x.mean(dim=0, keepdim=True)
@@ -137,6 +206,7 @@ def embedding_spectrum(features: torch.Tensor) -> dict[str, float]:
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return {
         "sigma_min": singular[-1].item(),
+        "sigma_min_rel": (singular[-1] * len(singular) / singular.sum()).item(),
         "sigma_max": singular[0].item(),
         "condition_number": (singular[0] / singular[-1]).item() if singular[-1] > 0 else math.inf,
         "effective_rank": math.exp(entropy),

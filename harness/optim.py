@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Literal
 
 import torch
+
+DecayOn = Literal["all", "matrices"]
 
 
 def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -17,13 +19,15 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def decay_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices, none on gains, biases, embeddings and the logit scale (as open_clip)."""
+def decay_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float,
+                 on: DecayOn = "all") -> list[dict]:
+    """AdamW groups. ``all``: decay on every parameter (the released CaRot code: one AdamW over all of
+    them); ``matrices``: none on gains, biases, embeddings and the logit scale (open_clip's rule)."""
     decay, no_decay = [], []
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        exempt = param.ndim < 2 or "embedding" in name or name.endswith("logit_scale")
+        exempt = on == "matrices" and (param.ndim < 2 or "embedding" in name or name.endswith("logit_scale"))
         (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]

@@ -6,7 +6,12 @@ Contrastive training on the digitshift pretraining pool (all domains) with varie
 domain-aware captions, so that the starting model is broad and fairly calibrated on every
 domain. Weights are a plain ``state_dict`` (load with ``weights_only=True``); a JSON beside
 them holds the config, the zero-shot metrics and the final logit scale. ``ensure_pretrained``
-builds the default weights once per architecture and caches them keyed by the config.
+builds the default weights once per architecture and caches them keyed by everything that
+changes them: the config, the benchmark's version and the optimizer rules below.
+
+Pretraining keeps open_clip's rules whatever fine-tuning uses: no weight decay on gains, biases,
+embeddings and the logit scale, and the learned scale clamped at 100 (fine-tuning follows the
+released CaRot code instead: ``optim.weight_decay_on``, ``optim.logit_scale_max``).
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from tqdm.auto import tqdm
 
 from harness.cli import config_parser, parse_config, run_cli
 from harness.config import StrictModel, config_hash
-from harness.data import load_benchmark
+from harness.data import benchmark_version, load_benchmark
 from harness.data.captions import pretrain_caption
 from harness.evaluate import evaluate_zeroshot, format_table
 from harness.losses import contrastive_loss
 from harness.models import MAX_LOGIT_SCALE, create_model, encode_images, encode_texts
-from harness.optim import cosine_with_warmup, decay_groups, set_learning_rate
+from harness.optim import DecayOn, cosine_with_warmup, decay_groups, set_learning_rate
 from harness.storage import atomic_torch_save, atomic_write_json, cache_dir, file_lock
 
 class PretrainConfig(StrictModel):
@@ -46,14 +51,29 @@ class PretrainConfig(StrictModel):
     seed: int = Field(0, ge=0)
 
 
+DECAY_ON: DecayOn = "matrices"  # open_clip's decay groups
+LOGIT_SCALE_MAX = MAX_LOGIT_SCALE  # open_clip's clamp
+
+
+class _WeightsKey(StrictModel):
+    """Everything the pretrained weights depend on: a cache entry built from other inputs is never reused."""
+
+    config: PretrainConfig
+    benchmark_version: int
+    decay_on: str
+    logit_scale_max: float
+
+
 def weights_path(config: PretrainConfig) -> Path:
-    return cache_dir() / "pretrained" / f"{config.model}-{config_hash(config)}.pt"
+    key = _WeightsKey(config=config, benchmark_version=benchmark_version(config.benchmark), decay_on=DECAY_ON,
+                      logit_scale_max=LOGIT_SCALE_MAX)
+    return cache_dir() / "pretrained" / f"{config.model}-{config_hash(key)}.pt"
 
 
 def _param_groups(model: torch.nn.Module, config: PretrainConfig) -> list[dict]:
     others = ((name, p) for name, p in model.named_parameters() if name != "logit_scale")
     scale = {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": config.logit_scale_lr_mult}
-    return [*decay_groups(others, config.weight_decay), scale]
+    return [*decay_groups(others, config.weight_decay, DECAY_ON), scale]
 
 
 def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
@@ -94,7 +114,7 @@ def pretrain(config: PretrainConfig, out: Path, progress: bool = True) -> dict:
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+                model.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
             bar.update()

@@ -83,6 +83,9 @@ class SweepSpec(StrictModel):
     variants: dict[str, list[str]] = Field(default_factory=dict, description="named override sets")
     search: dict[str, Space] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    variant_seeds: dict[str, list[int]] = Field(
+        default_factory=dict, description="seeds of named variants that differ from seeds, e.g. zeroshot: [0] "
+        "(a deterministic row needs one trial)")
     sampler: Sampler = Sampler()
     n_trials: int | None = Field(None, ge=1, description="parameter points to sample (non-grid samplers)")
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(key="val_acc", direction="maximize")],
@@ -112,9 +115,19 @@ class SweepSpec(StrictModel):
             raise ValueError(f"sampler {self.sampler.name} has nothing to search")
         if self.pruner.name in ("halving", "hyperband") and len(self.objectives) > 1:
             raise ValueError(f"pruner {self.pruner.name} needs one objective (multi-objective studies: median or none)")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds repeat")
+        for seeds in [self.seeds, *self.variant_seeds.values()]:
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"seeds repeat: {seeds}")
+            if not seeds:
+                raise ValueError("a variant needs at least one seed")
+        unknown = sorted(set(self.variant_seeds) - set(self.variants))
+        if unknown:
+            raise ValueError(f"variant_seeds names {unknown} missing from variants (known: {', '.join(self.variants)})")
         return self
+
+    def seeds_for(self, params: dict[str, Any]) -> list[int]:
+        """The seeds a parameter point runs with: its variant's own, else ``seeds``."""
+        return self.variant_seeds.get(params.get(VARIANT), self.seeds)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
@@ -129,7 +142,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
 
 def _probe_points(spec: SweepSpec) -> list[dict[str, Any]]:
     if spec.sampler.name == "grid":
-        return [params for params, seed in grid_points(spec) if seed == spec.seeds[0]]
+        return [params for params, seed in grid_points(spec) if seed == spec.seeds_for(params)[0]]
     probes = []
     for key, space in spec.search.items():
         values = space.grid or space.choices or [space.low, space.high]
@@ -155,7 +168,7 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], seed: int, run_dir: Pa
         overrides += spec.variants[params[VARIANT]]
     overrides += [f"{key}={json.dumps(value)}" for key, value in params.items() if key != VARIANT]
     overrides += [f"seed={seed}", f"run_dir={run_dir}", f"tracking.mode={spec.tracking.mode}",
-                  f"tracking.project={spec.tracking.project}"]
+                  f"tracking.project={spec.tracking.project}", f"tracking.entity={json.dumps(spec.tracking.entity)}"]
     if spec.pruner.name != "none":
         overrides.append("eval.every_epoch=true")  # the pruner reads per-epoch validation values
     data = apply_overrides(_base_data(spec, folder), overrides)
@@ -167,7 +180,8 @@ def grid_points(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
     """Every (params, seed) of a grid sweep, in a fixed order: the grid's product, each with every seed."""
     keys = list(spec.search)
     values = [spec.search[k].grid if spec.search[k].grid is not None else spec.search[k].choices for k in keys]
-    return [(dict(zip(keys, combo)), seed) for combo in itertools.product(*values) for seed in spec.seeds]
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    return [(params, seed) for params in points for seed in spec.seeds_for(params)]
 
 
 def point_key(params: dict[str, Any], seed: int) -> str:

@@ -5,7 +5,9 @@
                             [--engine optuna|wandb] [--count N] [--sweep-id ID]
 
 Keeps up to ``parallelism`` jobs in flight, tells Optuna each result, appends one line per
-finished trial to OUT/results.jsonl, and prints a summary table. Running the same command again
+finished trial to OUT/results.jsonl, and ends with the results table: per row ID and OOD
+accuracy and ECE with 95% intervals, the paired difference to FLYP, and the ECE noise floors
+(``analysis.tables.console_report``). Running the same command again
 does only what is missing: finished trials are not repeated; trials whose job died are retried
 (at most ``launcher.max_retries`` times) and resume from their checkpoints. Several drivers may
 share one study (the same command on several machines, with a journal: or postgresql:// storage):
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class Sweep:
 
     def total(self) -> int:
         planned = self.planned()
-        return len(planned) if planned is not None else self.spec.n_trials * len(self.spec.seeds)
+        return len(planned) if planned is not None else self.spec.n_trials * len(self.spec.seeds)  # variant_seeds: grid only
 
     def run_dir(self, params: dict[str, Any], seed: int) -> Path:
         return self.out / "runs" / run_slug(params, seed)
@@ -133,7 +134,7 @@ class Sweep:
         sampled: dict[str, dict[str, Any]] = {}
         for trial in _sampled(trials):
             sampled.setdefault(json.dumps(trial.params, sort_keys=True), trial.params)
-        return [(params, seed) for params in sampled.values() for seed in self.spec.seeds]
+        return [(params, seed) for params in sampled.values() for seed in self.spec.seeds_for(params)]
 
     def claim(self, study: optuna.Study) -> tuple[optuna.trial.Trial, dict[str, Any], int, Path] | None:
         """Under the storage's lock: settle orphans, queue every missing point once, and take one."""
@@ -159,11 +160,11 @@ class Sweep:
             if "seed" in trial.user_attrs:
                 seed = trial.user_attrs["seed"]
             else:  # a new sample: run it with the first seed now and queue the other seeds
-                seed = self.spec.seeds[0]
+                seed, *others = self.spec.seeds_for(params)
                 trial.set_user_attr("sampled", True)  # counts towards n_trials even if it repeats a point
                 trial.set_user_attr("seed", seed)
                 trial.set_user_attr("point", point_key(params, seed))
-                for other in self.spec.seeds[1:]:
+                for other in others:
                     study.enqueue_trial(params, user_attrs={"point": point_key(params, other), "seed": other})
         earlier = states.get(point_key(params, seed), PointState()).run_dir
         return trial, params, seed, Path(earlier) if earlier else self.run_dir(params, seed)
@@ -354,8 +355,6 @@ class Sweep:
         bar.close()
         with self.lock.held():
             self._sync_results(study)
-        print(self.summary(study))
-        print(f"figures: python -m analysis.figures {self.out} --out {self.out / 'figures'}")
         failures = self.final_failures(study)
         if failures:
             print("failed trials: " + "; ".join(failures))
@@ -415,23 +414,6 @@ class Sweep:
         objective = self.spec.objectives[0]
         pick = max if objective.direction == "maximize" else min
         return f"best {objective.key} {pick(t.values[0] for t in complete):.4f}"
-
-    def summary(self, study: optuna.Study) -> str:
-        """Mean ± std over seeds of each objective, per parameter point."""
-        groups: dict[str, list[list[float]]] = {}
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            label = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "(base)"
-            groups.setdefault(label, []).append(trial.values)
-        names = [o.key for o in self.spec.objectives]
-        width = max([len(label) for label in groups] + [10])
-        lines = [f"{'point':<{width}}  {'n':>2}  " + "  ".join(f"{n:>17}" for n in names)]
-        for label, values in groups.items():
-            cells = []
-            for column in zip(*values):
-                spread = statistics.stdev(column) if len(column) > 1 else 0.0
-                cells.append(f"{statistics.mean(column):>9.4f} ± {spread:.4f}")
-            lines.append(f"{label:<{width}}  {len(values):>2}  " + "  ".join(cells))
-        return "\n".join(lines)
 
 
 def _alive(pid: int) -> bool:
@@ -504,7 +486,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nsbatch script of the first {wave} trial(s), as submitit would submit it:")
             print(render_sbatch(spec.launcher.profile, out / "jobs", spec.launcher.parallelism, wave))
         return 0
-    return sweep.run()
+    status = sweep.run()
+    if status != 130:
+        # the entry point, not the driver, reads the results: the sweep library never imports analysis/
+        from analysis.tables import console_report
+
+        print(console_report(out))
+        print(f"figures: python -m analysis.figures {out} --out {out / 'figures'}")
+    return status
 
 
 if __name__ == "__main__":

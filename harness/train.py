@@ -13,6 +13,7 @@ run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derive
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -47,12 +48,11 @@ from harness.distributed import (
 )
 from harness.ema import EMATeacher, momentum_at
 from harness.errors import UsageError
-from harness.evaluate import format_table, predict_logits, set_report
+from harness.evaluate import format_table, head_logits, image_features, predict_logits, set_report, set_report_with_uncertainty
 from harness.losses import contrastive_loss, cross_norm_penalty, distillation_loss, orthogonality_penalty
 from harness.methods import METHODS, Stage
-from harness.metrics import embedding_spectrum
+from harness.metrics import CalibrationUncertainty, embedding_spectrum
 from harness.models import (
-    MAX_LOGIT_SCALE,
     classifier_head,
     create_model,
     encode_images,
@@ -65,7 +65,7 @@ from harness.optim import cosine_with_warmup, decay_groups, set_learning_rate
 from harness.posthoc import fit_temperature, interpolate_weights
 from harness.storage import atomic_torch_save, atomic_write_json
 
-SCHEMA = 1
+SCHEMA = 2  # 2: per-set ECE intervals and noise floors, id/ood NLL and Brier, sigma_min_rel, ema_period_steps
 RunRecord = dict[str, Any]  # the JSON of record.json; keys documented in DESIGN.md
 
 
@@ -186,6 +186,7 @@ class Trainer:
                 raise UsageError(f"multi-process training supports contrastive methods only, not {config.method}")
         self.stage_steps = [self._epochs(stage, i) * self.steps_per_epoch for i, stage in enumerate(self.method.stages)]
         self.total_steps = sum(self.stage_steps)
+        self.ema_period = config.ema.period_steps(self.total_steps)
         self.step = 0
         self.history: list[dict] = []
         self.step_seconds: list[float] = []
@@ -326,7 +327,7 @@ class Trainer:
 
     def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         """AdamW over what ``stage`` trains (and nothing else requires grad)."""
-        groups = decay_groups(self._trainable(stage), self.config.optim.weight_decay)
+        groups = decay_groups(self._trainable(stage), self.config.optim.weight_decay, self.config.optim.weight_decay_on)
         if self.env.is_distributed:  # after _trainable: DDP registers the parameters that require grad
             from torch.nn.parallel import DistributedDataParallel
 
@@ -357,9 +358,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, optim_config.grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, np.log(MAX_LOGIT_SCALE))
-        if self.teacher is not None and (self.step + 1) % self.config.ema.period == 0:
+        if optim_config.logit_scale_max is not None:  # open_clip's clamp; the released CaRot code has none
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(max=math.log(optim_config.logit_scale_max))
+        if self.teacher is not None and (self.step + 1) % self.ema_period == 0:
             ema = self.config.ema
             self.teacher.update(self.model, momentum_at(self.step, self.total_steps, ema.m_src, ema.m_tar, ema.warmup))
         self.step_seconds.append(time.perf_counter() - started)
@@ -380,96 +382,131 @@ def _evaluation_sets(benchmark: Benchmark) -> dict[str, Dataset]:
     return {"val": benchmark.val, **benchmark.tests}
 
 
-def _reports(logits: dict[str, torch.Tensor], sets: dict[str, Dataset], n_bins: int, temperature: float = 1.0) -> dict[str, dict]:
-    """Each set's metrics; the temperature divides the benchmark's logits before any projection onto a set's classes."""
-    return {name: set_report(logits[name] / temperature, sets[name], n_bins) for name in logits}
+class _Evaluation:
+    """The reports of one model (student, teacher or temperature-scaled) on every set, and its summary keys."""
+
+    def __init__(self, logits: dict[str, torch.Tensor], sets: dict[str, Dataset], config: RunConfig,
+                 temperature: float = 1.0, uncertainty: bool = True):
+        n_bins, resamples = config.eval.n_bins, config.eval.bootstrap if uncertainty else 0
+        self.reports: dict[str, dict] = {}
+        self.uncertainty: dict[str, CalibrationUncertainty] = {}
+        for name, dataset in sets.items():  # the temperature divides the logits before any projection onto a set's classes
+            scaled = logits[name] / temperature
+            if resamples and name != "val":
+                self.reports[name], self.uncertainty[name] = set_report_with_uncertainty(
+                    scaled, dataset, n_bins, resamples, config.eval.floor_draws)
+            else:
+                self.reports[name] = set_report(scaled, dataset, n_bins)
+
+    def summary(self, benchmark: Benchmark, prefix: str = "") -> dict[str, float]:
+        """ID and OOD-mean metrics; with uncertainty, the ECE intervals and the noise floors too."""
+        reports, ood, id_test = self.reports, benchmark.ood_tests, benchmark.id_test
+        ood_mean = lambda key: float(np.mean([reports[name][key] for name in ood]))  # noqa: E731
+        summary = {"val_acc": reports["val"]["acc"], "val_ece": reports["val"]["ece"], "val_nll": reports["val"]["nll"]}
+        for key in ("acc", "ece", "nll", "brier"):
+            summary |= {f"id_{key}": reports[id_test][key], f"ood_{key}": ood_mean(key)}
+        if self.uncertainty:
+            ood_resamples = np.mean([self.uncertainty[name].resamples for name in ood], axis=0)
+            low, high = np.quantile(ood_resamples, [0.025, 0.975])
+            summary |= {"id_ece_ci_low": self.uncertainty[id_test].ci[0], "id_ece_ci_high": self.uncertainty[id_test].ci[1],
+                        "ood_ece_ci_low": float(low), "ood_ece_ci_high": float(high),
+                        "id_ece_floor": self.uncertainty[id_test].floor, "ood_ece_floor": ood_mean("ece_floor")}
+        return {f"{prefix}{key}": value for key, value in summary.items()}
 
 
-def _summary(reports: dict[str, dict], benchmark: Benchmark, prefix: str = "") -> dict[str, float]:
-    ood = benchmark.ood_tests
-    summary = {
-        "val_acc": reports["val"]["acc"], "val_ece": reports["val"]["ece"], "val_nll": reports["val"]["nll"],
-        "id_acc": reports[benchmark.id_test]["acc"], "id_ece": reports[benchmark.id_test]["ece"],
-        "ood_acc": float(np.mean([reports[name]["acc"] for name in ood])),
-        "ood_ece": float(np.mean([reports[name]["ece"] for name in ood])),
-    }
-    return {f"{prefix}{key}": value for key, value in summary.items()}
+def _all_features(model: torch.nn.Module, sets: dict[str, Dataset], batch_size: int) -> dict[str, torch.Tensor]:
+    return {name: image_features(model, dataset, batch_size) for name, dataset in sets.items()}
 
 
-def _id_embeddings(model: torch.nn.Module, dataset: Dataset, batch_size: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        model.eval()
-        return torch.cat([encode_images(model, images.to(device)).float().cpu() for images, _, _ in dataset.batches(batch_size)])
+def _logits(head: torch.nn.Module, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: head_logits(head, f) for name, f in features.items()}
+
+
+def _pretrained_model(trainer: Trainer) -> torch.nn.Module:
+    model = create_model(trainer.config.model.name, None)[0]
+    model.load_state_dict(trainer.pretrained_state)
+    return model.to(trainer.device)
 
 
 def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
-    """Every evaluation of a finished trial: student, teacher, temperature scaling, WiSE-FT and spectrum."""
+    """Every evaluation of a finished trial: student, teacher, temperature scaling, WiSE-FT and spectrum.
+
+    Each model's image features are computed once per set and shared by its heads, the temperature
+    fit and the spectrum.
+    """
     config, benchmark = trainer.config, trainer.benchmark
-    sets, n_bins, batch = _evaluation_sets(benchmark), config.eval.n_bins, config.eval.batch_size
-    head = trainer.evaluation_head(trainer.model)
-    logits = {name: predict_logits(trainer.model, head, dataset, batch) for name, dataset in sets.items()}
-    reports = _reports(logits, sets, n_bins)
-    summary = _summary(reports, benchmark)
-    result: dict[str, Any] = {"tests": reports, "teacher": None, "temperature_scaled": None, "wise_ft": []}
+    sets, batch = _evaluation_sets(benchmark), config.eval.batch_size
+    features = _all_features(trainer.model, sets, batch)
+    logits = _logits(trainer.evaluation_head(trainer.model), features)
+    student = _Evaluation(logits, sets, config)
+    summary = student.summary(benchmark)
+    result: dict[str, Any] = {"tests": student.reports, "teacher": None, "temperature_scaled": None, "wise_ft": []}
 
     if config.eval.temperature_scaling:
         temperature = fit_temperature(logits["val"], benchmark.val.labels)
-        scaled = _reports(logits, sets, n_bins, temperature)
-        result["temperature_scaled"] = {"temperature": temperature, "tests": scaled}
-        summary |= {"ts_temperature": temperature} | _summary(scaled, benchmark, prefix="ts_")
+        scaled = _Evaluation(logits, sets, config, temperature)
+        result["temperature_scaled"] = {"temperature": temperature, "tests": scaled.reports}
+        summary |= {"ts_temperature": temperature} | scaled.summary(benchmark, prefix="ts_")
 
-    if trainer.teacher is not None:
+    if trainer.teacher is not None and config.eval.teacher:
         teacher = trainer.teacher.model
         teacher_head = classifier_head(teacher, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
-        teacher_logits = {name: predict_logits(teacher, teacher_head, d, batch) for name, d in sets.items()}
-        result["teacher"] = {"tests": _reports(teacher_logits, sets, n_bins)}
-        summary |= _summary(result["teacher"]["tests"], benchmark, prefix="teacher_")
+        evaluation = _Evaluation(_logits(teacher_head, _all_features(teacher, sets, batch)), sets, config)
+        result["teacher"] = {"tests": evaluation.reports}
+        summary |= evaluation.summary(benchmark, prefix="teacher_")
 
-    result["wise_ft"] = _wise_ft(trainer, sets)
+    pretrained = _pretrained_model(trainer) if trainer.method.trains else trainer.model
+    result["wise_ft"] = _wise_ft(trainer, sets, pretrained)
 
-    id_set = benchmark.tests[benchmark.id_test]
-    pretrained = create_model(config.model.name, None)[0]
-    pretrained.load_state_dict(trainer.pretrained_state)
-    pretrained.to(trainer.device)
+    id_features = features[benchmark.id_test].cpu()
+    pretrained_features = image_features(pretrained, sets[benchmark.id_test], batch).cpu() if trainer.method.trains else id_features
     spectra = {
         "features": f"L2-normalised image embeddings of the ID test set ({benchmark.id_test}), centred",
-        "pretrained": embedding_spectrum(_id_embeddings(pretrained, id_set, batch)),
-        "finetuned": embedding_spectrum(_id_embeddings(trainer.model, id_set, batch)),
+        "pretrained": embedding_spectrum(pretrained_features),
+        "finetuned": embedding_spectrum(id_features),
     }
     result["spectrum"] = spectra
     summary |= {
         "sigma_min": spectra["finetuned"]["sigma_min"],
         "sigma_min_pretrained": spectra["pretrained"]["sigma_min"],
+        "sigma_min_rel": spectra["finetuned"]["sigma_min_rel"],
+        "sigma_min_rel_pretrained": spectra["pretrained"]["sigma_min_rel"],
         "effective_rank": spectra["finetuned"]["effective_rank"],
     }
     result["summary"] = summary
     return result
 
 
-def _wise_ft(trainer: Trainer, sets: dict[str, Dataset]) -> list[dict]:
-    """WiSE-FT: evaluate (1 - a) * pre-trained + a * fine-tuned weights (head included) for each alpha."""
+def _wise_ft(trainer: Trainer, sets: dict[str, Dataset], pretrained: torch.nn.Module) -> list[dict]:
+    """WiSE-FT: for each alpha, the image tower (1 - a) * pre-trained + a * fine-tuned and the head
+    (1 - a) * zero-shot head + a * fine-tuned head, as the released CaRot/FLYP code does.
+
+    ``eval.wise_ft=all_weights``: contrastive methods blend the whole model, text tower and logit
+    scale included, and rebuild their head from the blended text tower.
+    """
     config, benchmark = trainer.config, trainer.benchmark
     if not config.eval.wise_alphas or not trainer.method.trains:
         return []
     finetuned_state = {k: v.cpu() for k, v in trainer.model.state_dict().items()}
+    zeroshot_head = classifier_head(pretrained, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
+    finetuned_head = trainer.evaluation_head(trainer.model)
+    rebuild_head = trainer.method.head == "zeroshot" and config.eval.wise_ft == "all_weights"
     mixed = create_model(config.model.name, None)[0].to(trainer.device)
-    zeroshot_head = None
-    if trainer.method.head == "linear":
-        mixed.load_state_dict(trainer.pretrained_state)
-        zeroshot_head = classifier_head(mixed, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
     curve = []
     for alpha in config.eval.wise_alphas:
-        mixed.load_state_dict(interpolate_weights(trainer.pretrained_state, finetuned_state, alpha))
-        if zeroshot_head is None:
+        blended = interpolate_weights(trainer.pretrained_state, finetuned_state, alpha)
+        if not rebuild_head:  # the image tower only: the text tower serves the heads, which are blended themselves
+            blended = {k: v if k.startswith("visual.") else trainer.pretrained_state[k] for k, v in blended.items()}
+        mixed.load_state_dict(blended)
+        if rebuild_head:
             head = trainer.evaluation_head(mixed)
         else:
-            head = torch.nn.Linear(trainer.head.in_features, trainer.head.out_features, device=trainer.device)
-            head.load_state_dict(interpolate_weights(zeroshot_head.state_dict(), trainer.head.state_dict(), alpha))
-        logits = {name: predict_logits(mixed, head, d, config.eval.batch_size) for name, d in sets.items()}
-        reports = _reports(logits, sets, config.eval.n_bins)
-        compact = {name: {k: r[k] for k in ("acc", "ece", "nll")} for name, r in reports.items()}
-        curve.append({"alpha": alpha, "summary": _summary(reports, benchmark), "tests": compact})
+            head = torch.nn.Linear(finetuned_head.in_features, finetuned_head.out_features, device=trainer.device)
+            head.load_state_dict(interpolate_weights(zeroshot_head.state_dict(), finetuned_head.state_dict(), alpha))
+        evaluation = _Evaluation(_logits(head, _all_features(mixed, sets, config.eval.batch_size)), sets, config,
+                                 uncertainty=False)
+        compact = {name: {k: r[k] for k in ("acc", "ece", "nll")} for name, r in evaluation.reports.items()}
+        curve.append({"alpha": alpha, "summary": evaluation.summary(benchmark), "tests": compact})
     return curve
 
 
@@ -577,6 +614,7 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
             "train_s": train_seconds,
             "eval_s": time.perf_counter() - started - train_seconds,
             "steps": trainer.total_steps,
+            "ema_period_steps": trainer.ema_period if trainer.teacher is not None else None,
             "step_s_median": statistics.median(step_seconds) if step_seconds else None,
         },
     }

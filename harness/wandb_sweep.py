@@ -54,6 +54,9 @@ def sweep_config(spec: SweepSpec) -> dict[str, Any]:
                           "keep one for --engine wandb")
     if SEED in spec.search:
         raise ConfigError("search.seed: list seeds under seeds:, not in search")
+    if spec.variant_seeds:
+        raise ConfigError(f"variant_seeds: a W&B sweep gives every point the same seeds; drop variant_seeds "
+                          f"({', '.join(spec.variant_seeds)}) for --engine wandb, or use the Optuna engine")
     objective = spec.objectives[0]
     config: dict[str, Any] = {
         "name": spec.name,

@@ -31,7 +31,7 @@ def test_api_shape(digitshift):
 
 
 def test_sizes_and_class_balance(digitshift):
-    expected = {"train": 200, "val": 50, "mnist": 100, "rendered": 100, "mnist-c1": 100, "mnist-c2": 100, "mnist-c3": 100}
+    expected = {"train": 200, "val": 50, "mnist": 100, "rendered": 500, "mnist-c1": 500, "mnist-c2": 500, "mnist-c3": 500}
     sets = _sets(digitshift)
     for name, per_class in expected.items():
         assert torch.bincount(sets[name].labels, minlength=10).tolist() == [per_class] * 10, name
@@ -41,6 +41,17 @@ def test_sizes_and_class_balance(digitshift):
     domains = digitshift.pretrain.meta["domain"]
     assert {d: domains.count(d) for d in set(domains)} == {
         "mnist": 1500, "corrupted": 1500, "rendered": 1500, "uci": uci_in_pretrain}
+
+
+def test_corrupted_sets_hold_every_corruption_of_every_id_test_image(digitshift):
+    from harness.data.corruptions import CORRUPTIONS
+
+    id_sources = digitshift.tests["mnist"].meta["source"]
+    for severity in (1, 2, 3):
+        meta = digitshift.tests[f"mnist-c{severity}"].meta
+        pairs = set(zip(meta["source"], meta["detail"]))
+        assert pairs == {(source, name) for source in id_sources for name in CORRUPTIONS}
+        assert len(pairs) == len(meta["source"])  # each (image, corruption) once
 
 
 def test_splits_are_disjoint(digitshift):

@@ -28,3 +28,15 @@ def test_ema_update_by_hand():
         assert torch.allclose(after[name], 0.75 * before[name] + 0.25 * now[name]), name
     assert after["1.num_batches_tracked"] == before["1.num_batches_tracked"]  # integers are not averaged
     assert all(not p.requires_grad for p in teacher.model.parameters())
+
+
+def test_ema_period_as_a_share_of_all_steps():
+    from harness.config import EMAConfig, build
+
+    assert EMAConfig(period="2%").period_steps(25_000) == 500  # the released 500 of ~25k ImageNet steps
+    assert EMAConfig(period="10%").period_steps(155) == 16
+    assert EMAConfig(period="2%").period_steps(20) == 1  # at least one step
+    assert EMAConfig(period=7).period_steps(1000) == 7
+    for bad in ("two%", 0, "-1%", 2.5, "2 %"):
+        with pytest.raises(Exception, match="period"):
+            build(EMAConfig, {"period": bad})

@@ -107,3 +107,54 @@ def test_spectrum_against_numpy():
     assert spectrum["condition_number"] == pytest.approx(singular[0] / singular[-1], rel=1e-9)
     p = singular / singular.sum()
     assert spectrum["effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-9)
+
+
+def test_noise_floor_of_one_confidence_equals_the_binomial_expectation():
+    # every prediction has confidence c, so all fall in one bin and ECE = |k/n - c| with k ~ Binomial(n, c):
+    # its expectation is a finite sum over the binomial distribution (scipy), independent of the code under test
+    from scipy import stats
+
+    n, c = 200, 0.7
+    probs = torch.tensor([[c, 1 - c]] * n, dtype=torch.float64)
+    k = np.arange(n + 1)
+    expected = float((stats.binom.pmf(k, n, c) * np.abs(k / n - c)).sum())
+    floor, spread = metrics.calibration_noise_floor(probs, n_bins=15, draws=4000, seed=1)
+    assert floor == pytest.approx(expected, rel=0.03)
+    assert spread > 0
+
+
+def test_noise_floor_equals_a_simulation_with_labels_drawn_from_the_probabilities():
+    # independent simulation: whole labels drawn from each row's distribution, ECE by torchmetrics
+    probs, _ = _random_predictions(n=1000, seed=3)
+    generator = torch.Generator().manual_seed(7)
+    ece = MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")
+    simulated = [ece(probs, torch.multinomial(probs, 1, generator=generator).squeeze(1)).item() for _ in range(300)]
+    floor, spread = metrics.calibration_noise_floor(probs, n_bins=15, draws=300, seed=0)
+    assert floor == pytest.approx(np.mean(simulated), abs=3 * np.std(simulated) / np.sqrt(300) + 1e-3)
+    assert spread == pytest.approx(np.std(simulated), rel=0.25)
+
+
+def test_ece_bootstrap_interval_covers_the_population_ece_about_95_percent_of_the_time():
+    # synthetic model, miscalibrated by a known amount: accuracy = confidence - 0.1 at every confidence, so the
+    # population ECE (any binning) is exactly 0.1; the interval should contain it in ~95% of repeated datasets
+    rng = np.random.default_rng(0)
+    covered, datasets = 0, 120
+    for index in range(datasets):
+        confidence = rng.uniform(0.55, 1.0, 2000)  # the top label is class 0
+        correct = rng.random(2000) < confidence - 0.1
+        labels = torch.from_numpy(np.where(correct, 0, 1))
+        probs = torch.from_numpy(np.stack([confidence, 1 - confidence], axis=1))
+        (low, high), distribution = metrics.ece_bootstrap(probs, labels, n_bins=10, resamples=400, seed=index)
+        assert len(distribution) == 400 and low <= metrics.expected_calibration_error(probs, labels, 10) <= high
+        covered += low <= 0.1 <= high
+    assert 0.88 <= covered / datasets <= 0.995
+
+
+def test_sigma_min_rel_is_scale_free_and_equals_numpy():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(500, 8, generator=generator) * torch.linspace(0.1, 2.0, 8)
+    spectrum = metrics.embedding_spectrum(features)
+    eigenvalues = np.linalg.eigvalsh(np.cov(features.numpy().astype(np.float64), rowvar=False))
+    assert spectrum["sigma_min_rel"] == pytest.approx(8 * eigenvalues.min() / eigenvalues.sum(), rel=1e-6)
+    assert metrics.embedding_spectrum(features * 7)["sigma_min_rel"] == pytest.approx(spectrum["sigma_min_rel"], rel=1e-6)
+    assert metrics.embedding_spectrum(features * 7)["sigma_min"] == pytest.approx(49 * spectrum["sigma_min"], rel=1e-6)

@@ -6,11 +6,12 @@ from harness.data.registry import (
     Benchmark,
     ImageSet,
     available_benchmarks,
+    benchmark_version,
     load_benchmark,
     register_benchmark,
     require_known_benchmark,
 )
 
 __all__ = [
-    "Benchmark", "ImageSet", "available_benchmarks", "load_benchmark", "register_benchmark", "require_known_benchmark",
+    "Benchmark", "ImageSet", "available_benchmarks", "benchmark_version", "load_benchmark", "register_benchmark", "require_known_benchmark",
 ]

@@ -87,14 +87,22 @@ class Benchmark:
 
 
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
+_VERSIONS: dict[str, int] = {}
 
 
-def register_benchmark(name: str) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
+def register_benchmark(name: str, version: int = 1) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
+    """Register a loader; ``version`` changes whenever what it serves changes (caches built on it key on it)."""
     def decorate(loader: Callable[..., Benchmark]) -> Callable[..., Benchmark]:
         _REGISTRY[name] = loader
+        _VERSIONS[name] = version
         return loader
 
     return decorate
+
+
+def benchmark_version(name: str) -> int:
+    require_known_benchmark(name)
+    return _VERSIONS[name]
 
 
 def available_benchmarks() -> list[str]:
