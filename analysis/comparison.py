@@ -7,24 +7,34 @@ import pandas as pd
 
 from analysis.load import Results
 from analysis.style import COLUMN_WIDTH, colour, figure_legend, plt
+from analysis.tables import t_halfwidth
 
 
 def headline_figure(trials: pd.DataFrame) -> plt.Figure:
-    """Grouped bars per variant: ID and OOD accuracy (left), ID and OOD ECE (right), error bars = std over seeds."""
+    """Grouped bars per variant: ID and OOD accuracy (left), ID and OOD ECE (right), error bars = 95% t-intervals over
+    seeds (none for a single trial); the ECE panel marks each role's mean noise floor as a dashed/dotted line: an ECE
+    below it cannot be told apart from perfect calibration."""
     columns = ["id_acc", "ood_acc", "id_ece", "ood_ece"]
     grouped = trials.groupby("variant", sort=False)[columns]
-    mean, std = grouped.mean() * 100, grouped.std().fillna(0) * 100
+    mean = grouped.mean() * 100
+    half = grouped.agg(lambda values: t_halfwidth(values.dropna().to_numpy())) * 100  # NaN: one trial, no bar
     positions = np.arange(len(mean))
     figure, axes = plt.subplots(1, 2, figsize=(2 * COLUMN_WIDTH, 2.6))
     for axis, kind, label in ((axes[0], "acc", "accuracy (%)"), (axes[1], "ece", "ECE (%)")):
         for offset, role, index in ((-0.2, "id", 0), (0.2, "ood", 1)):
             column = f"{role}_{kind}"
-            axis.bar(positions + offset, mean[column], 0.4, yerr=std[column], capsize=2, color=colour(index),
+            axis.bar(positions + offset, mean[column], 0.4, yerr=half[column], capsize=2, color=colour(index),
                      label=role.upper())
         axis.set_xticks(positions, mean.index, rotation=30, ha="right")
         axis.set_ylabel(label)
-        axis.legend(frameon=False)
-    lowest = (mean[["id_acc", "ood_acc"]] - std[["id_acc", "ood_acc"]]).min().min()
+    for role, index, dashes in (("id", 0, "--"), ("ood", 1, ":")):
+        floor = 100 * trials[f"{role}_ece_floor"].mean()
+        if np.isfinite(floor):
+            axes[1].axhline(floor, color=colour(index), ls=dashes, lw=1.0, label=f"{role.upper()} noise floor")
+    axes[0].legend(frameon=False, fontsize=6)
+    axes[1].legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[1].set_ylim(bottom=0)  # ECE is never negative, however wide an interval
+    lowest = (mean[["id_acc", "ood_acc"]] - half[["id_acc", "ood_acc"]].fillna(0)).min().min()
     axes[0].set_ylim(max(0, 5 * np.floor((lowest - 5) / 5)), 100)  # the axis starts above 0: stated by the tick labels
     figure.tight_layout()
     return figure

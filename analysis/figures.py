@@ -3,8 +3,10 @@
     python -m analysis.figures RUNS_DIR [RUNS_DIR ...] --out FIGDIR
 
 RUNS_DIR: a sweep output directory (``results.jsonl``), any directory holding ``record.json``
-files, an Optuna storage URL, or ``wandb:ENTITY/PROJECT`` (online). Figures are PNG and PDF; tables Markdown, LaTeX and CSV. What the data cannot support
-(e.g. a heatmap without a lambda_SD x label-smoothing grid) is skipped with the reason printed.
+files, an Optuna storage URL, or ``wandb:ENTITY/PROJECT`` (online). Figures are PNG and PDF; tables Markdown,
+LaTeX and CSV: the results table with 95% intervals and noise floors, the paired differences to the reference
+rows. What the data cannot support (e.g. a heatmap for a method without its own lambda_SD x label-smoothing
+grid) is skipped with the reason printed and listed in report.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 
 from analysis import comparison, reliability, sensitivity, spectrum, tables
 from analysis.load import NoResultsError, Results, load
+from analysis.paired import paired_differences
 from analysis.style import save
 
 
@@ -33,6 +36,9 @@ class Report:
 
     def files(self, title: str, paths: list[Path], explanation: str) -> None:
         self.entries.append((title, paths, explanation))
+
+    def text(self, title: str, explanation: str) -> None:
+        self.entries.append((title, [], explanation))
 
     def skip(self, title: str, reason: str) -> None:
         self.skipped.append((title, reason))
@@ -52,10 +58,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _varies(trials: pd.DataFrame, column: str) -> bool:
-    return column in trials and trials[column].nunique() > 1
-
-
 def _write_tables(results: Results, report: Report) -> None:
     statistics = tables.cell_statistics(results)
     out = report.out
@@ -63,21 +65,76 @@ def _write_tables(results: Results, report: Report) -> None:
     (out / "table.tex").write_text(tables.to_latex(statistics) + "\n")
     statistics.to_csv(out / "table.csv", index=False)
     report.files("Results table", [out / "table.md", out / "table.tex", out / "table.csv"],
-                 "Variants as rows; ID and per-OOD-set accuracy and ECE (%), mean ± std over seeds, best in bold.\n\n"
+                 "Variants as rows; ID and per-OOD-set accuracy and ECE (%), mean ± half-width of the 95% t-interval "
+                 "over seeds, best in bold; under it each row's ECE noise floor per set.\n\n"
                  + tables.to_markdown(statistics))
+    paired = paired_differences(results.trials)
+    if paired.empty:
+        report.skip("Paired differences", "no reference row (flyp, ft or zeroshot) to pair with")
+        return
+    (out / "paired.md").write_text(tables.paired_to_markdown(paired) + "\n")
+    (out / "paired.tex").write_text(tables.paired_to_latex(paired) + "\n")
+    paired.to_csv(out / "paired.csv", index=False)
+    report.files("Paired differences to the references", [out / "paired.md", out / "paired.tex", out / "paired.csv"],
+                 "Every row against flyp and ft on ID/OOD accuracy, ECE, NLL and Brier, and against zero-shot on OOD "
+                 "ECE (does fine-tuning lose OOD calibration?), paired by seed.\n\n" + tables.paired_to_markdown(paired))
+
+
+def _correlation_markdown(table: pd.DataFrame) -> str:
+    lines = ["| x | y | trials | n | Pearson r [95%] | Spearman ρ [95%] |", "|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        lines.append(f"| {row.x} | {row.y} | {row.subset} | {row.n} | "
+                     f"{spectrum.estimate_text(row.pearson_r, row.pearson_low, row.pearson_high)} | "
+                     f"{spectrum.estimate_text(row.spearman_rho, row.spearman_low, row.spearman_high)} |")
+    return "\n".join(lines)
 
 
 def _evidence(results: Results, report: Report) -> None:
     trials = results.trials
-    if len(trials) < 3 or trials["sigma_min"].nunique() < 3:
-        report.skip("Singular-value evidence", "needs at least 3 trials with distinct sigma_min")
+    sigma = spectrum.sigma_columns(trials)[0]
+    if len(trials) < 3 or trials[sigma].nunique() < 3:
+        report.skip("Singular-value evidence", f"needs at least 3 trials with distinct {sigma}")
         return
     correlation = spectrum.evidence_table(trials)
     correlation.to_csv(report.out / "sigma_min_correlations.csv", index=False)
     report.figure("sigma_min_evidence", "Singular-value evidence",
-                  "OOD ECE and error against sigma_min of the ID embedding covariance and against ID ECE, "
-                  "over all trials, with least-squares lines and Pearson/Spearman correlations "
-                  "(table: sigma_min_correlations.csv).", lambda: spectrum.evidence_figure(trials))
+                  f"OOD ECE and error against {sigma} of the ID embedding covariance (scale-free: D sigma_min / trace, "
+                  "where recorded) and against ID ECE, with least-squares lines; Pearson (Fisher-z interval) and "
+                  "Spearman (BCa bootstrap interval) correlations over all trials and without zero-shot "
+                  "(table: sigma_min_correlations.csv, which also keeps the raw sigma_min).\n\n"
+                  + _correlation_markdown(correlation), lambda: spectrum.evidence_figure(trials))
+
+
+def _noise_floors(results: Results, report: Report) -> None:
+    floors = results.sets[results.sets["role"] != "val"].groupby(["role", "set"], sort=False)["ece_floor"].mean()
+    floors = floors.dropna()
+    if floors.empty:
+        report.skip("ECE noise floors", "not recorded (records before schema 2)")
+        return
+    lines = [f"- {name} ({role.upper()}): {100 * value:.1f}%" for (role, name), value in floors.items()]
+    report.text("ECE noise floors", "The expected ECE of a perfectly calibrated model with the same confidences, mean "
+                "over all trials per set: an ECE within about this much of zero is indistinguishable from perfect "
+                "calibration at the set's size (per row: under the results table).\n\n" + "\n".join(lines))
+
+
+def _sensitivity(results: Results, report: Report) -> None:
+    trials, keys = results.trials, results.config_keys
+    figures = (("sensitivity_heatmaps", "Sensitivity to lambda_SD and label smoothing", sensitivity.HEATMAP_KEYS,
+                "Mean OOD accuracy and ECE (%) over the lambda_SD x label-smoothing grid, one row per method",
+                sensitivity.heatmap_figure),
+               ("sensitivity_ema_period", "Sensitivity to the EMA period", sensitivity.PERIOD_KEYS,
+                "ID and OOD accuracy and ECE against the EMA teacher's update period, one row per method; "
+                "error bars: 95% t-intervals", sensitivity.period_figure))
+    for name, title, needed, explanation, make in figures:
+        methods, reasons = sensitivity.eligible_methods(trials, keys, needed)
+        why = "; ".join(f"{method}: {reason}" for method, reason in reasons.items())
+        if not methods:
+            report.skip(title, f"no method has a grid of its own over {' x '.join(needed)} ({why})")
+            continue
+        report.figure(name, title, f"{explanation} (averaged over seeds and the method's other swept sensitivity "
+                      f"keys only).", lambda make=make, methods=methods: make(trials, methods))
+        if reasons:
+            report.skip(f"{title}, other methods", why)
 
 
 def build_report(results: Results, out: Path) -> Report:
@@ -85,29 +142,21 @@ def build_report(results: Results, out: Path) -> Report:
     report = Report(out)
     trials = results.trials
     _write_tables(results, report)
+    _noise_floors(results, report)
     report.figure("headline", "Headline comparison",
-                  "ID and OOD (mean over OOD sets) accuracy and ECE per variant; error bars: std over seeds.",
+                  "ID and OOD (mean over OOD sets) accuracy and ECE per variant; error bars: 95% t-intervals over "
+                  "seeds (none for a single trial); dashed (ID) and dotted (OOD) lines: the mean ECE noise floor of the sets.",
                   lambda: comparison.headline_figure(trials))
     report.figure("reliability", "Reliability diagrams",
                   "Accuracy per confidence bin (blue) against the diagonal, the gap hatched, the share of samples "
                   "per bin in grey; bins pooled over seeds, ECE = mean over seeds.",
                   lambda: reliability.reliability_grid(results))
     _evidence(results, report)
+    sigma = spectrum.sigma_columns(trials)[0]
     report.figure("sigma_min_before_after", "sigma_min before and after fine-tuning",
-                  "Smallest singular value of the ID embedding covariance, pre-trained vs fine-tuned, per variant.",
-                  lambda: spectrum.before_after_figure(trials))
-    if _varies(trials, sensitivity.SD) and _varies(trials, sensitivity.LS):
-        report.figure("sensitivity_heatmaps", "Sensitivity to lambda_SD and label smoothing",
-                      "Mean OOD accuracy and ECE (%) over the lambda_SD x label-smoothing grid.",
-                      lambda: sensitivity.heatmap_figure(trials))
-    else:
-        report.skip("Sensitivity heatmaps", "loss.sd_weight and loss.label_smoothing do not both vary")
-    if _varies(trials, sensitivity.PERIOD):
-        report.figure("sensitivity_ema_period", "Sensitivity to the EMA period",
-                      "ID and OOD accuracy and ECE against the EMA teacher's update period.",
-                      lambda: sensitivity.period_figure(trials))
-    else:
-        report.skip("EMA-period curves", "ema.period does not vary")
+                  f"{sigma} of the ID embedding covariance, pre-trained vs fine-tuned, per variant (mean and 95% "
+                  "t-interval over seeds).", lambda: spectrum.before_after_figure(trials))
+    _sensitivity(results, report)
     report.figure("tradeoff", "ID vs OOD trade-off",
                   "Mean ID against mean OOD accuracy and ECE per variant; lines are WiSE-FT curves where recorded.",
                   lambda: comparison.tradeoff_figure(results))
@@ -137,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     report = build_report(results, args.out)
     for title, paths, _ in report.entries:
-        print(f"wrote {title}: {', '.join(p.name for p in paths)}")
+        print(f"wrote {title}: {', '.join(p.name for p in paths) or 'report.md'}")
     for title, reason in report.skipped:
         print(f"skipped {title}: {reason}")
     print(f"index: {args.out / 'report.md'}")

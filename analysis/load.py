@@ -13,7 +13,10 @@ Inputs, any mix of:
 
 Outputs (``Results``): ``trials``, one row per trial (identity, config keys that vary across the
 loaded trials, summary metrics); ``sets``, one row per trial x evaluated set (all metrics);
-``records``, the parsed records by trial id (reliability bins, WiSE-FT curves, spectra).
+``records``, the parsed records by trial id (reliability bins, WiSE-FT curves, spectra);
+``config_keys``, the config keys that vary across the loaded trials (each also a column of ``trials``).
+Records of schema 1 lack the noise floors, bootstrap intervals, NLL/Brier means and the scale-free
+sigma_min: those columns exist all the same, holding NaN, so that every consumer can rely on them.
 A line that is not valid JSON is reported with its file and line number and skipped; a results
 file still being written yields what is there.
 """
@@ -33,7 +36,13 @@ RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
 # Config keys that never define a variant: they differ between seeds or runs of one variant.
 _NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.", "optim.checkpoint_every")
-METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "confidence", "n")
+METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "confidence", "n",
+           "ece_floor", "ece_floor_sd")
+# Summary keys every trial row carries (NaN where a record predates them).
+SUMMARY_KEYS = ("val_acc", "val_ece", "val_nll", "id_acc", "id_ece", "ood_acc", "ood_ece", "id_nll", "id_brier",
+                "ood_nll", "ood_brier", "id_ece_floor", "ood_ece_floor", "id_ece_ci_low", "id_ece_ci_high",
+                "ood_ece_ci_low", "ood_ece_ci_high", "sigma_min", "sigma_min_pretrained", "sigma_min_rel",
+                "sigma_min_rel_pretrained")
 
 
 class NoResultsError(ValueError):
@@ -46,6 +55,7 @@ class Results:
     sets: pd.DataFrame
     records: dict[str, dict] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # corrupt lines, missing records, failed trials
+    config_keys: list[str] = field(default_factory=list)  # config keys that vary across the trials (columns of trials)
 
 
 def _flat_config(config: dict) -> dict[str, Any]:
@@ -165,20 +175,27 @@ def load(paths: Iterable[str | Path]) -> Results:
             })
             records[trial_id] = record
             for name, report in record.get("tests", {}).items():
+                low, high = report.get("ece_ci") or (None, None)
                 set_rows.append({"trial": trial_id, "set": name, "role": _set_role(name, record),
-                                 **{key: report.get(key) for key in METRICS}})
+                                 **{key: report.get(key) for key in METRICS}, "ece_ci_low": low, "ece_ci_high": high})
     if not trial_rows:
         detail = f" ({len(problems)} problems: {problems[0]} ...)" if problems else ""
         raise NoResultsError(f"no finished trials in {', '.join(paths)}{detail}")
     trials = pd.DataFrame(trial_rows)
-    for key in _varying_keys(trials["config"]):  # columns for grouping and sensitivity plots
+    for key in SUMMARY_KEYS:
+        trials[key] = pd.to_numeric(trials[key], errors="coerce") if key in trials else float("nan")
+    config_keys = _varying_keys(trials["config"])
+    for key in config_keys:  # columns for grouping and sensitivity plots
         trials[key] = [config.get(key) for config in trials["config"]]
     label_keys = {method: _varying_keys(group) for method, group in trials.groupby("method")["config"]}
     trials["variant"] = [row.named_variant or _variant_label(row.method, row.config, label_keys[row.method])
                          for row in trials.itertuples()]
     trials = trials.drop(columns=["config", "named_variant"])
-    sets = pd.DataFrame(set_rows).merge(trials[["trial", "variant", "method", "seed"]], on="trial")
-    return Results(trials=trials, sets=sets, records=records, problems=problems)
+    sets = pd.DataFrame(set_rows, columns=["trial", "set", "role", *METRICS, "ece_ci_low", "ece_ci_high"])
+    numeric = [*METRICS, "ece_ci_low", "ece_ci_high"]
+    sets[numeric] = sets[numeric].apply(pd.to_numeric, errors="coerce")  # None (old records) -> NaN
+    sets = sets.merge(trials[["trial", "variant", "method", "seed"]], on="trial")
+    return Results(trials=trials, sets=sets, records=records, problems=problems, config_keys=config_keys)
 
 
 def _varying_keys(configs: pd.Series) -> list[str]:

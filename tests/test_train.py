@@ -7,10 +7,11 @@ import torch
 from harness.config import load_run_config
 from harness.errors import UsageError
 from harness.evaluate import evaluate_zeroshot
-from harness.models import create_model
+from harness.models import classifier_head, create_model, encode_images
 from harness.train import TrainCallbacks, main, run
 
-FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500"]
+FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500",
+        "eval.bootstrap=200", "eval.floor_draws=50"]
 CAROT = ["method=carot", "loss.sd_weight=1.0", "loss.oc_weight=0.2", "loss.cross_weight=0.05", "ema.period=3"]
 
 
@@ -31,12 +32,12 @@ def _config(weights, run_dir, *overrides):
 @pytest.fixture(scope="module")
 def carot_record(digitshift, weights, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("carot")
-    return run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,1.0]"), progress=False)
+    return run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), progress=False)
 
 
 def test_carot_record_is_complete(carot_record, digitshift):
     record = carot_record
-    assert record["status"] == "ok" and record["schema"] == 1
+    assert record["status"] == "ok" and record["schema"] == 2
     assert list(record["tests"]) == ["val", *digitshift.tests]
     for report in record["tests"].values():
         assert {"acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "n", "reliability"} <= set(report)
@@ -47,7 +48,20 @@ def test_carot_record_is_complete(carot_record, digitshift):
     assert record["summary"]["ood_acc"] == pytest.approx(sum(ood) / len(ood))
     assert record["summary"]["id_acc"] == record["tests"]["mnist"]["acc"]
     assert record["config"]["loss"]["cross_weight"] == 0.05
-    assert record["timings"]["steps"] == 20
+    assert record["timings"]["steps"] == 20 and record["timings"]["ema_period_steps"] == 3
+    for name in digitshift.tests:  # every test set's ECE with its interval and noise floor
+        report = record["tests"][name]
+        low, high = report["ece_ci"]
+        assert low <= report["ece"] <= high and 0 < report["ece_floor"] < 1 and report["ece_floor_sd"] > 0
+    summary = record["summary"]
+    assert summary["id_ece_floor"] == record["tests"]["mnist"]["ece_floor"]
+    floors = [record["tests"][name]["ece_floor"] for name in digitshift.ood_tests]
+    assert summary["ood_ece_floor"] == pytest.approx(sum(floors) / len(floors))
+    assert summary["ood_ece_ci_low"] <= summary["ood_ece"] <= summary["ood_ece_ci_high"]
+    briers = [record["tests"][name]["brier"] for name in digitshift.ood_tests]
+    assert summary["ood_brier"] == pytest.approx(sum(briers) / len(briers))
+    assert summary["id_nll"] == record["tests"]["mnist"]["nll"]
+    assert 0 < summary["sigma_min_rel"] < 1 and "ts_ood_ece_floor" in summary and "teacher_id_ece_ci_low" in summary
     for key in ("model", "teacher"):
         state = torch.load(record["paths"][key], weights_only=True)
         assert "visual.proj" in state
@@ -64,7 +78,7 @@ def test_temperature_scaling_keeps_accuracy(carot_record):
 
 
 def test_wise_ft_endpoints(carot_record, digitshift, weights):
-    start, end = carot_record["wise_ft"]
+    start, _, end = carot_record["wise_ft"]
     assert end["alpha"] == 1.0
     for name, report in carot_record["tests"].items():
         assert end["tests"][name]["acc"] == pytest.approx(report["acc"])
@@ -74,8 +88,60 @@ def test_wise_ft_endpoints(carot_record, digitshift, weights):
         assert start["tests"][name]["acc"] == pytest.approx(report["acc"])
 
 
+def _accuracy(model, head, dataset):
+    with torch.no_grad():
+        logits = torch.cat([head(encode_images(model, images)) for images, _, _ in dataset.batches(500)])
+    return (logits.argmax(dim=1) == dataset.labels).double().mean().item()
+
+
+def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_record, digitshift, weights):
+    # by hand: image tower halfway between pre-trained and fine-tuned, text tower pre-trained; the head halfway
+    # between the zero-shot head (pre-trained text tower) and the head of the fine-tuned text tower
+    pretrained, finetuned = _state(weights), _state(carot_record["paths"]["model"])
+    model, tokenizer = create_model("digit-vit-t", None)
+    model.load_state_dict(finetuned)
+    finetuned_head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
+    model.load_state_dict(pretrained)
+    zeroshot_head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
+    model.load_state_dict({k: (pretrained[k] + finetuned[k]) / 2 if k.startswith("visual.") else pretrained[k]
+                           for k in pretrained})
+    head = torch.nn.Linear(zeroshot_head.in_features, zeroshot_head.out_features)
+    head.weight.data = (zeroshot_head.weight + finetuned_head.weight) / 2
+    head.bias.data.zero_()
+    middle = carot_record["wise_ft"][1]
+    assert middle["alpha"] == 0.5
+    for name in ("mnist", "rendered"):
+        assert middle["tests"][name]["acc"] == pytest.approx(_accuracy(model.eval(), head, digitshift.tests[name]), abs=1e-9)
+
+
+def test_wise_ft_all_weights_rebuilds_the_head_from_the_blended_text_tower(carot_record, digitshift, weights, tmp_path):
+    record = run(_config(weights, tmp_path / "all", *CAROT, "eval.wise_alphas=[0.5]", "eval.wise_ft=all_weights",
+                         "eval.temperature_scaling=false"), progress=False)
+    pretrained, finetuned = _state(weights), _state(record["paths"]["model"])
+    model, tokenizer = create_model("digit-vit-t", None)
+    model.load_state_dict({k: torch.lerp(pretrained[k], finetuned[k], 0.5) for k in pretrained})
+    head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
+    assert record["wise_ft"][0]["tests"]["uci"]["acc"] == pytest.approx(_accuracy(model.eval(), head, digitshift.tests["uci"]))
+
+
+@pytest.mark.parametrize("limit", [None, 100.0])
+def test_logit_scale_moves_past_ln_100_only_without_the_clamp(weights, tmp_path, limit):
+    state = _state(weights)
+    state["logit_scale"] = torch.tensor(math.log(150.0))  # above open_clip's clamp
+    start = tmp_path / "hot.pt"
+    torch.save(state, start)
+    overrides = [*FAST, f"model.pretrained={start}", f"run_dir={tmp_path / 'run'}", "method=flyp",
+                 "eval.temperature_scaling=false", f"optim.logit_scale_max={'null' if limit is None else limit}"]
+    record = run(load_run_config(None, overrides), progress=False)
+    scale = _state(record["paths"]["model"])["logit_scale"].exp().item()
+    if limit is None:
+        assert scale > 140  # released behaviour: free to stay above 100
+    else:
+        assert 90 < scale <= 100.0 * (1 + 1e-6)  # clamped at 100 after the first step, free below it
+
+
 def test_same_config_same_metrics(carot_record, weights, tmp_path):
-    again = run(_config(weights, tmp_path / "again", *CAROT, "eval.wise_alphas=[0.0,1.0]"), progress=False)
+    again = run(_config(weights, tmp_path / "again", *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), progress=False)
     assert again["summary"] == carot_record["summary"]
 
 
@@ -89,7 +155,7 @@ class _KillAt(TrainCallbacks):
 
 
 def test_killed_run_resumes_to_the_same_result(carot_record, weights, tmp_path):
-    config = _config(weights, tmp_path / "resumed", *CAROT, "eval.wise_alphas=[0.0,1.0]", "optim.checkpoint_every=7")
+    config = _config(weights, tmp_path / "resumed", *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]", "optim.checkpoint_every=7")
     with pytest.raises(KeyboardInterrupt):
         run(config, callbacks=_KillAt(12), progress=False)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 7
@@ -120,7 +186,7 @@ class _Counter(TrainCallbacks):
 def test_finished_run_is_not_repeated_and_run_dirs_are_not_shared(carot_record, weights):
     run_dir = carot_record["paths"]["run_dir"]
     counter = _Counter()
-    again = run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,1.0]"), callbacks=counter, progress=False)
+    again = run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), callbacks=counter, progress=False)
     assert counter.steps == 0 and again["summary"] == carot_record["summary"]
     with pytest.raises(UsageError, match="another trial"):
         run(_config(weights, run_dir, "method=flyp"), progress=False)
