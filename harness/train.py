@@ -66,7 +66,7 @@ from harness.posthoc import fit_temperature, interpolate_weights
 from harness.storage import atomic_torch_save, atomic_write_json
 
 SCHEMA = 2  # 2: per-set ECE intervals and noise floors, id/ood NLL and Brier, sigma_min_rel, ema_period_steps
-RunRecord = dict[str, Any]  # the JSON of record.json; keys documented in DESIGN.md
+RunRecord = dict[str, Any]  # the JSON of record.json; every key is documented in docs/record.md
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -31,3 +31,21 @@ def test_tiny_pretraining_writes_a_loadable_state_dict(digitshift, tmp_path, cap
     assert math.isclose(summary["logit_scale"], state["logit_scale"].exp().item(), rel_tol=1e-6)
     assert 0 <= summary["zeroshot"]["mnist"]["acc"] <= 1
     assert "logit scale" in capsys.readouterr().out
+
+
+def test_cached_weights_are_keyed_on_everything_that_changes_them(monkeypatch):
+    from harness import pretrain
+    from harness.data import registry
+
+    config = pretrain.PretrainConfig()
+    base = pretrain.weights_path(config)
+    assert pretrain.weights_path(pretrain.PretrainConfig()) == base  # stable
+    assert pretrain.weights_path(config.model_copy(update={"epochs": 13})) != base
+    monkeypatch.setitem(registry._VERSIONS, "digitshift", registry._VERSIONS["digitshift"] + 1)
+    assert pretrain.weights_path(config) != base  # a new benchmark version
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain, "DECAY_ON", "all")
+    assert pretrain.weights_path(config) != base  # other optimizer rules
+    monkeypatch.undo()
+    monkeypatch.setattr(pretrain, "LOGIT_SCALE_MAX", 50.0)
+    assert pretrain.weights_path(config) != base

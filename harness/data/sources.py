@@ -16,8 +16,8 @@ FRAME = 32
 DIGIT_SIZE = 24  # longer side of a framed digit, in pixels
 
 # Fonts shipped by matplotlib whose code points 0-9 are not usable digit glyphs
-# (math-extension / symbol fonts, size variants, fallback). From a manual check
-# recorded in shared/FACTS.md; ``usable_digit_fonts`` also checks the glyphs.
+# (math-extension / symbol fonts, size variants, fallback), from a manual check of every font
+# matplotlib ships; ``usable_digit_fonts`` also checks the glyphs.
 _EXCLUDED_FONT_PREFIXES = (
     "cmex10", "cmsy10", "cmmi10", "STIXSiz", "STIXNonUni", "DejaVuSansDisplay",
     "DejaVuSerifDisplay", "LastResort",
