@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from harness.config import RunConfig, StrictModel, apply_overrides, build, load, read_yaml
+from harness.errors import ConfigError
+from harness.summary_keys import EPOCH_KEYS, summary_keys
 
 VARIANT = "variant"  # the search dimension whose values name override sets in ``variants``
 
@@ -59,7 +61,7 @@ class Sampler(StrictModel):
 
 class Pruner(StrictModel):
     name: Literal["none", "median", "halving", "hyperband"] = "none"
-    metric: Literal["val_acc", "val_ece", "val_nll"] = "val_acc"
+    metric: str = Field("val_acc", description="a per-epoch key (harness.summary_keys.EPOCH_KEYS)")
     warmup_epochs: int = Field(1, ge=0)
 
 
@@ -135,8 +137,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     spec = load(SweepSpec, path, overrides)
     folder = Path(path).parent
     base_config(spec, folder)
+    if spec.pruner.metric not in EPOCH_KEYS:
+        raise ConfigError(f"{path}: pruner.metric: {spec.pruner.metric!r} is not a per-epoch key; "
+                          f"valid: {', '.join(EPOCH_KEYS)}")
     for params in _probe_points(spec):  # every config the sweep can produce must validate before any job starts
-        trial_config(spec, params, spec.seeds[0], Path("."), folder)
+        config = trial_config(spec, params, spec.seeds_for(params)[0], Path("."), folder)
+        keys = summary_keys(config)
+        for objective in spec.objectives:
+            if objective.key not in keys:
+                point = ", ".join(f"{k}={v}" for k, v in params.items()) or "the base config"
+                raise ConfigError(f"{path}: objectives: {objective.key!r} is not a summary key of the trials of "
+                                  f"{point}; valid: {', '.join(keys)}")
     return spec
 
 

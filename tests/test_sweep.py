@@ -35,6 +35,13 @@ def _study(out, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
+def test_variant_seeds_give_a_deterministic_row_one_trial(tmp_path):
+    spec = load_spec(_spec(tmp_path, variants={"zs": ["method=zeroshot"], "ft": ["method=ft"]},
+                           search={"variant": {"grid": ["zs", "ft"]}}, seeds=[0, 1, 2], variant_seeds={"zs": [0]}))
+    assert grid_points(spec) == [({"variant": "zs"}, 0), ({"variant": "ft"}, 0), ({"variant": "ft"}, 1),
+                                 ({"variant": "ft"}, 2)]
+
+
 def test_grid_points_cross_seeds(tmp_path):
     spec = load_spec(_spec(tmp_path, search={"method": {"grid": ["flyp", "carot"]},
                                              "loss.label_smoothing": {"grid": [0.0, 0.1]}}, seeds=[0, 1]))
@@ -55,6 +62,11 @@ def test_grid_points_cross_seeds(tmp_path):
     ({"search": {"optim.lrr": {"grid": [1e-3]}}}, "optim.lrr: unknown key"),
     ({"launcher": {"kind": "slurm", "profile": "no-such-cluster"}}, "no SLURM profile 'no-such-cluster'"),
     ({"storage": "mysql://user:secret@127.0.0.1/studies"}, "'mysql://user:***@127.0.0.1/studies': sweeps support"),
+    ({"objectives": [{"key": "val_accuracy", "direction": "maximize"}]}, "'val_accuracy' is not a summary key"),
+    ({"objectives": [{"key": "teacher_id_acc", "direction": "maximize"}]}, "not a summary key of the trials of method=flyp"),
+    ({"pruner": {"name": "median", "metric": "ood_acc"}}, "'ood_acc' is not a per-epoch key; valid: val_acc"),
+    ({"variants": {"a": ["method=flyp"]}, "search": {"variant": {"grid": ["a"]}}, "variant_seeds": {"b": [0]}},
+     "variant_seeds names ['b'] missing from variants"),
 ])
 def test_bad_specs_exit_2_before_anything_starts(tmp_path, capsys, fields, words):
     path = _spec(tmp_path, **fields)

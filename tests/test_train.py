@@ -8,6 +8,7 @@ from harness.config import load_run_config
 from harness.errors import UsageError
 from harness.evaluate import evaluate_zeroshot
 from harness.models import classifier_head, create_model, encode_images
+from harness.summary_keys import summary_keys
 from harness.train import TrainCallbacks, main, run
 
 FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500",
@@ -62,6 +63,7 @@ def test_carot_record_is_complete(carot_record, digitshift):
     assert summary["ood_brier"] == pytest.approx(sum(briers) / len(briers))
     assert summary["id_nll"] == record["tests"]["mnist"]["nll"]
     assert 0 < summary["sigma_min_rel"] < 1 and "ts_ood_ece_floor" in summary and "teacher_id_ece_ci_low" in summary
+    assert list(summary) == summary_keys(load_run_config(None, ["method=carot", "loss.sd_weight=1"]))  # what specs check
     for key in ("model", "teacher"):
         state = torch.load(record["paths"][key], weights_only=True)
         assert "visual.proj" in state
