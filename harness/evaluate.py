@@ -81,10 +81,16 @@ def evaluate_zeroshot(model: torch.nn.Module, tokenizer, benchmark: Benchmark, b
 
 
 def format_table(results: dict[str, dict], id_test: str | None = None) -> str:
-    lines = [f"{'set':<13} {'n':>6} {'acc':>7} {'ECE':>7} {'conf':>7}"]
+    """One line per set; with intervals, the ECE's 95% bootstrap interval and the set's calibration noise floor."""
+    uncertain = any("ece_ci" in row for row in results.values())
+    header = f"{'set':<13} {'n':>6} {'acc':>7} {'ECE':>7} {'conf':>7}"
+    lines = [header + (f"  {'ECE 95% CI':>15} {'floor':>6}" if uncertain else "")]
     for name, row in results.items():
         label = f"{name} (ID)" if name == id_test else name
-        lines.append(f"{label:<13} {row['n']:>6} {row['acc']:>7.2%} {row['ece']:>7.4f} {row['confidence']:>7.2%}")
+        line = f"{label:<13} {row['n']:>6} {row['acc']:>7.2%} {row['ece']:>7.4f} {row['confidence']:>7.2%}"
+        if "ece_ci" in row:
+            line += f"  [{row['ece_ci'][0]:.4f}, {row['ece_ci'][1]:.4f}] {row['ece_floor']:>6.4f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

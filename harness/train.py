@@ -639,8 +639,8 @@ def format_record(record: RunRecord) -> str:
     summary = record["summary"]
     lines.append(
         f"summary: val acc {summary['val_acc']:.2%} | ID acc {summary['id_acc']:.2%} ECE {summary['id_ece']:.4f}"
-        f" | OOD acc {summary['ood_acc']:.2%} ECE {summary['ood_ece']:.4f} | sigma_min {summary['sigma_min']:.3g}"
-        f" (pre-trained {summary['sigma_min_pretrained']:.3g})"
+        f" | OOD acc {summary['ood_acc']:.2%} ECE {summary['ood_ece']:.4f} | sigma_min_rel {summary['sigma_min_rel']:.3g}"
+        f" (pre-trained {summary['sigma_min_rel_pretrained']:.3g})"
     )
     if "ts_temperature" in summary:
         lines.append(f"temperature scaling: T={summary['ts_temperature']:.3f}, ID ECE {summary['ts_id_ece']:.4f},"
