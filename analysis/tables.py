@@ -244,21 +244,21 @@ def console_table(results: Results, reference: str | None = None) -> str:
     deltas = ("ood_acc", "ood_ece")
     columns = ["id_acc", "id_ece", "ood_acc", "ood_ece"]
     header = ["row", "n"] + [METRIC_LABELS[c] for c in columns]
-    cells: dict[tuple[str, str], str] = {}
-    if reference in present:
-        options = PairedOptions(references=(reference,), metrics=deltas, zeroshot_metrics=())
-        cells = {(r["variant"], r["metric"]): _difference_cell(r) for _, r in paired_differences(trials, options).iterrows()}
-        header += [f"Δ {METRIC_LABELS[m]} vs {reference}" for m in deltas]
+    options = PairedOptions(references=(reference,) if reference in present else (), metrics=deltas)
+    compared = [(reference, m) for m in deltas if reference in present]
+    if options.zeroshot in present:  # the question of the budget: does fine-tuning lose OOD calibration?
+        compared.append((options.zeroshot, "ood_ece"))
+    cells = {(r["variant"], r["reference"], r["metric"]): _difference_cell(r)
+             for _, r in paired_differences(trials, options).iterrows()}
+    header += [f"Δ {METRIC_LABELS[m]} vs {ref}" for ref, m in compared]
     rows = []
     for variant in present:
         group = trials[trials["variant"] == variant]
         row = [variant, str(len(group))] + [_mean_pm(group[c]) for c in columns]
-        if reference in present:
-            row += [cells.get((variant, m), "–") for m in deltas]
-        rows.append(row)
+        rows.append(row + [cells.get((variant, ref, m), "–") for ref, m in compared])
     note = "acc and ECE in %, mean±95% t half-width over seeds"
-    if reference in present:
-        note += f"; Δ = row − {reference} in points, paired by seed, [95% t-interval], * excludes 0"
+    if compared:
+        note += "; Δ = row − reference in points, paired by seed, [95% t-interval], * excludes 0"
     lines = [_text_grid(header, rows), note]
     id_floor, ood_floor = trials["id_ece_floor"].mean(), trials["ood_ece_floor"].mean()
     if math.isnan(id_floor) and math.isnan(ood_floor):

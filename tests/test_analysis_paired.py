@@ -157,11 +157,16 @@ def test_console_table_against_hand_computation(ablation):
     assert carot.split()[1] == "4" and carot.split()[2] == f"{id_acc.mean():.1f}±{half:.1f}"
     carot_ece, flyp_ece = _by_seed(trials, "carot", "ood_ece"), _by_seed(trials, "flyp", "ood_ece")
     mean, low, high, _ = _t_interval([100 * (carot_ece[s] - flyp_ece[s]) for s in (0, 1, 2, 4)])
-    assert carot.endswith(f"{mean:+.1f} [{low:.1f}, {high:.1f}]*")
+    assert f"{mean:+.1f} [{low:.1f}, {high:.1f}]*" in carot
+    assert "Δ OOD ECE vs zeroshot" in lines[0]  # last column: every seed paired with the one zero-shot trial
+    zeroshot_ece = _by_seed(trials, "zeroshot", "ood_ece")[0]
+    mean, low, high, _ = _t_interval([100 * (value - zeroshot_ece) for value in carot_ece.values()])
+    cell = f"{mean:+.1f} [{low:.1f}, {high:.1f}]"
+    assert carot.endswith(cell) or carot.endswith(cell + "*")
     zeroshot = next(line for line in lines if line.startswith("zeroshot "))
     assert zeroshot.split()[1] == "1" and zeroshot.split()[2] == f"{100 * _by_seed(trials, 'zeroshot', 'id_acc')[0]:.1f}"
     flyp = next(line for line in lines if line.startswith("flyp "))
-    assert flyp.split()[-2:] == ["–", "–"]
+    assert flyp.split()[-5:-3] == ["–", "–"]  # no difference to itself; then its difference to zero-shot
     floors = [t["floors"] for t in trials]
     id_floor = np.mean([100 * f["mnist"] for f in floors])
     ood_floor = np.mean([100 * np.mean([f[n] for n in OOD]) for f in floors])
