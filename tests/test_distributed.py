@@ -198,9 +198,10 @@ def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loa
     assert rank1[case]["losses"] == {}  # only the main process reports
     for grads in (rank0[case]["grads"], rank1[case]["grads"]):
         assert set(grads) == set(expected["grads"])
-        for name, grad in expected["grads"].items():
-            assert torch.allclose(grads[name], grad, rtol=RTOL, atol=ATOL), (
-                f"{name}: max |diff| {(grads[name] - grad).abs().max().item():.3g}")
+        for name, grad in expected["grads"].items():  # relative to the tensor's largest entry: rows of the token
+            # embedding gather many small contributions whose summation order differs (seen here: 1e-5 with entries up to 20)
+            difference, scale = (grads[name] - grad).abs().max().item(), grad.abs().max().item()
+            assert difference <= RTOL * scale + ATOL, f"{name}: max |diff| {difference:.3g} (largest entry {scale:.3g})"
     if case == "carot":
         assert expected["grads"]["visual.proj"].abs().max() > 0 and expected["losses"]["sd"] > 0
 
