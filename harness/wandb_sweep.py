@@ -38,6 +38,12 @@ def _parameter(space: Space) -> dict[str, Any]:
             "min": float(space.low), "max": float(space.high)}
 
 
+def all_seeds(spec: SweepSpec) -> list[int]:
+    """Every seed some point runs with: W&B grids cross all of them with every point, and the agent skips the
+    (variant, seed) pairs that ``variant_seeds`` leaves out (a deterministic row runs once)."""
+    return list(dict.fromkeys([*spec.seeds, *(s for seeds in spec.variant_seeds.values() for s in seeds)]))
+
+
 def sweep_config(spec: SweepSpec) -> dict[str, Any]:
     """The W&B sweep configuration of a spec; what W&B cannot express is refused (exit 2), never approximated.
 
@@ -54,9 +60,6 @@ def sweep_config(spec: SweepSpec) -> dict[str, Any]:
                           "keep one for --engine wandb")
     if SEED in spec.search:
         raise ConfigError("search.seed: list seeds under seeds:, not in search")
-    if spec.variant_seeds:
-        raise ConfigError(f"variant_seeds: a W&B sweep gives every point the same seeds; drop variant_seeds "
-                          f"({', '.join(spec.variant_seeds)}) for --engine wandb, or use the Optuna engine")
     objective = spec.objectives[0]
     config: dict[str, Any] = {
         "name": spec.name,
@@ -64,7 +67,7 @@ def sweep_config(spec: SweepSpec) -> dict[str, Any]:
         # the run summary key: TrialCallbacks.finish writes record["summary"] (val_acc, ...) at the top level
         "metric": {"name": objective.key, "goal": objective.direction},
         "parameters": {**{key: _parameter(space) for key, space in spec.search.items()},
-                       SEED: {"values": list(spec.seeds)}},
+                       SEED: {"values": all_seeds(spec)}},
     }
     if spec.sampler.name != "grid":
         config["run_cap"] = spec.n_trials * len(spec.seeds)
@@ -100,6 +103,10 @@ class AgentTrial:
         run = wandb.init(dir=str(self.out))  # the agent's run: its config holds the point; tracking logs to it
         params, seed = self.point(run.config)
         key = point_key(params, seed)
+        if seed not in self.spec.seeds_for(params):  # variant_seeds leaves this pair out: nothing to run
+            run.summary["skipped"] = f"seed {seed} is not among this variant's seeds {self.spec.seeds_for(params)}"
+            run.finish()
+            return
         config = trial_config(self.spec, params, seed, self.out / "runs" / run_slug(params, seed), self.folder)
         result = TrialJob()(config.model_dump(mode="json"), {"sweep": self.spec.name, "wandb_dir": str(self.out)},
                             threads_per_job(1))

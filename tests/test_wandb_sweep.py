@@ -37,7 +37,7 @@ def test_the_ablation_spec_becomes_a_grid_over_variants_and_seeds():
         "metric": {"name": "val_acc", "goal": "maximize"},
         "parameters": {
             "variant": {"values": ["zeroshot", "ft", "flyp", "flyp+LS", "flyp+OC", "flyp+SD", "carot"]},
-            "seed": {"values": [0, 1, 2]},
+            "seed": {"values": [0, 1, 2, 3, 4]},
         },
     }
 
@@ -152,13 +152,26 @@ def test_the_agent_trial_runs_the_trial_of_the_agents_point_in_the_agents_run(tm
     trial = AgentTrial(spec, SWEEPS, out)
     trial()
     (config, callbacks, run), = seen
-    assert (config.method, config.loss.oc_weight, config.loss.sd_weight, config.ema.period) == ("carot", 0.0, 0.5, 2)
-    assert config.seed == 2 and config.optim.epochs == 3 and config.tracking.mode == "online"
+    assert (config.method, config.loss.oc_weight, config.loss.sd_weight, config.ema.period) == ("carot", 0.0, 0.5, "2%")
+    assert config.seed == 2 and config.optim.epochs == 8 and config.tracking.mode == "online"
     slug = hashlib.sha256(point_key({"variant": "flyp+SD"}, 2).encode()).hexdigest()[:12]  # as the Optuna engine names it
     assert Path(config.run_dir) == out / "runs" / slug  # the Optuna engine's run dir of the same point
     assert run is not None and run.sweep_id == "abc123" and callbacks.wandb_run is run  # no second run
     assert run.config["variant"] == "flyp+SD" and run.config["seed"] == 2 and run.config["method"] == "carot"
     assert trial.failures == []
+
+
+def test_the_agent_skips_a_seed_its_variant_does_not_run(tmp_path, monkeypatch, agent_run):
+    spec = load_spec(SWEEPS / "ablation.yaml", ["tracking.mode=online"])  # zeroshot runs with seed 0 only
+    seen: list = []
+    monkeypatch.setattr(harness.train, "run", _fake_run(seen))
+    agent_run({"variant": "zeroshot", "seed": 3})
+    trial = AgentTrial(spec, SWEEPS, tmp_path / "out")
+    trial()
+    assert seen == [] and trial.failures == []
+    agent_run({"variant": "zeroshot", "seed": 0})
+    AgentTrial(spec, SWEEPS, tmp_path / "out")()
+    assert [config.seed for config, _, _ in seen] == [0]
 
 
 def test_the_agent_trial_normalises_ranges_and_collects_failures(tmp_path, monkeypatch, agent_run):
