@@ -78,13 +78,14 @@ def test_a_timed_out_trial_is_requeued_and_resumes_to_the_same_result(slurm_clus
     trial resumes from its own checkpoint; its record equals that of the same trial run without interruption.
 
     SLURM sends the signal 10-40 s into a 1-minute job (it checks limits every 30 s), so the trial is sized to about
-    a minute of training here: always cut at least once, done within a few requeues (up to 20 allowed: on a loaded
-    machine a restart's imports eat most of a short window)."""
+    a minute of training on 2 idle cores (36 epochs of 20 steps, three times the 12 that trained in 21 s and once
+    finished before the signal): always cut at least once, done within a few requeues (up to 20 allowed: on a
+    loaded machine a restart's imports eat most of a short window)."""
     profile = tmp_path / "short.yaml"
     profile.write_text(yaml.safe_dump({"cpus_per_task": 2, "mem_gb": 4, "timeout_min": 1, "signal_delay_s": 20,
                                        "max_timeouts": 20}))
     base = {"model": {"name": "digit-vit-t", "pretrained": None},
-            "optim": {"epochs": 12, "batch_size": 100, "warmup_steps": 2, "checkpoint_every": 4},
+            "optim": {"epochs": 36, "batch_size": 100, "warmup_steps": 2, "checkpoint_every": 4},
             "eval": {"batch_size": 500}}
     spec = tmp_path / "timeout.yaml"
     spec.write_text(yaml.safe_dump({"name": "timeout", "base": base, "search": {"method": {"grid": ["flyp"]}},
