@@ -15,11 +15,17 @@ EPOCH_KEYS = ("val_acc", "val_ece", "val_nll")  # what eval.every_epoch records,
 _EVALUATION = (*EPOCH_KEYS, *(f"{role}_{metric}" for metric in ("acc", "ece", "nll", "brier") for role in ("id", "ood")))
 _UNCERTAINTY = ("id_ece_ci_low", "id_ece_ci_high", "ood_ece_ci_low", "ood_ece_ci_high", "id_ece_floor", "ood_ece_floor")
 _SPECTRUM = ("sigma_min", "sigma_min_pretrained", "sigma_min_rel", "sigma_min_rel_pretrained", "effective_rank")
+STUDENT_KEYS = (*_EVALUATION, *_UNCERTAINTY, *_SPECTRUM)  # every unprefixed key a (schema-2) summary can hold
+
+
+def has_teacher(config: RunConfig) -> bool:
+    """CaRot's self-distillation is on (λ_SD > 0), so the trial keeps an EMA teacher."""
+    return METHODS[config.method].carot_terms and config.loss.sd_weight > 0
 
 
 def teacher_evaluated(config: RunConfig) -> bool:
-    """CaRot's EMA teacher exists (λ_SD > 0) and ``eval.teacher`` asks for its reports."""
-    return METHODS[config.method].carot_terms and config.loss.sd_weight > 0 and config.eval.teacher
+    """The trial has an EMA teacher and ``eval.teacher`` asks for its reports."""
+    return has_teacher(config) and config.eval.teacher
 
 
 def summary_keys(config: RunConfig) -> list[str]:

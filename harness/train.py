@@ -64,6 +64,7 @@ from harness.models import (
 from harness.optim import cosine_with_warmup, decay_groups, set_learning_rate
 from harness.posthoc import fit_temperature, interpolate_weights
 from harness.storage import atomic_torch_save, atomic_write_json
+from harness.summary_keys import has_teacher, teacher_evaluated
 
 SCHEMA = 2  # 2: per-set ECE intervals and noise floors, id/ood NLL and Brier, sigma_min_rel, ema_period_steps
 RunRecord = dict[str, Any]  # the JSON of record.json; every key is documented in docs/record.md
@@ -168,7 +169,7 @@ class Trainer:
         self.forward: torch.nn.Module = self.model  # the DDP wrapper of a distributed contrastive stage
         benchmark.set_transforms(clip_preprocess(self.model, train=True), clip_preprocess(self.model))
         self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
-        self.teacher = EMATeacher(self.model) if self.method.carot_terms and config.loss.sd_weight > 0 else None
+        self.teacher = EMATeacher(self.model) if has_teacher(config) else None
         self.batches = training_batches(benchmark, config.optim.batch_size, config.seed, env, device,
                                         config.data.num_workers)
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -448,7 +449,7 @@ def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
         result["temperature_scaled"] = {"temperature": temperature, "tests": scaled.reports}
         summary |= {"ts_temperature": temperature} | scaled.summary(benchmark, prefix="ts_")
 
-    if trainer.teacher is not None and config.eval.teacher:
+    if teacher_evaluated(config):
         teacher = trainer.teacher.model
         teacher_head = classifier_head(teacher, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
         evaluation = _Evaluation(_logits(teacher_head, _all_features(teacher, sets, batch)), sets, config)
