@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.config import flatten
+from harness.summary_keys import STUDENT_KEYS
 
 RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
@@ -38,11 +39,6 @@ RECORD_FILE = "record.json"
 _NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.", "optim.checkpoint_every")
 METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "confidence", "n",
            "ece_floor", "ece_floor_sd")
-# Summary keys every trial row carries (NaN where a record predates them).
-SUMMARY_KEYS = ("val_acc", "val_ece", "val_nll", "id_acc", "id_ece", "ood_acc", "ood_ece", "id_nll", "id_brier",
-                "ood_nll", "ood_brier", "id_ece_floor", "ood_ece_floor", "id_ece_ci_low", "id_ece_ci_high",
-                "ood_ece_ci_low", "ood_ece_ci_high", "sigma_min", "sigma_min_pretrained", "sigma_min_rel",
-                "sigma_min_rel_pretrained")
 
 
 class NoResultsError(ValueError):
@@ -182,7 +178,7 @@ def load(paths: Iterable[str | Path]) -> Results:
         detail = f" ({len(problems)} problems: {problems[0]} ...)" if problems else ""
         raise NoResultsError(f"no finished trials in {', '.join(paths)}{detail}")
     trials = pd.DataFrame(trial_rows)
-    for key in SUMMARY_KEYS:
+    for key in STUDENT_KEYS:  # every trial row carries them (NaN where a record predates them)
         trials[key] = pd.to_numeric(trials[key], errors="coerce") if key in trials else float("nan")
     config_keys = _varying_keys(trials["config"])
     for key in config_keys:  # columns for grouping and sensitivity plots
