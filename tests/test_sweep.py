@@ -64,7 +64,7 @@ def test_grid_points_cross_seeds(tmp_path):
     ({"storage": "mysql://user:secret@127.0.0.1/studies"}, "'mysql://user:***@127.0.0.1/studies': sweeps support"),
     ({"objectives": [{"key": "val_accuracy", "direction": "maximize"}]}, "'val_accuracy' is not a summary key"),
     ({"objectives": [{"key": "teacher_id_acc", "direction": "maximize"}]}, "not a summary key of the trials of method=flyp"),
-    ({"pruner": {"name": "median", "metric": "ood_acc"}}, "'ood_acc' is not a per-epoch key; valid: val_acc"),
+    ({"pruner": {"name": "median", "metric": "ood_acc"}}, "pruner.metric: Input should be 'val_acc', 'val_ece' or 'val_nll'"),
     ({"variants": {"a": ["method=flyp"]}, "search": {"variant": {"grid": ["a"]}}, "variant_seeds": {"b": [0]}},
      "variant_seeds names ['b'] missing from variants"),
 ])
