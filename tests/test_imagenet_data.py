@@ -31,10 +31,10 @@ from harness.data.imagenet import (
     objectnet_mapping,
     project_logits,
     projected_logits_and_labels,
-    projected_report,
 )
 from harness.data.pipeline import EpochSampler, clip_preprocess, make_loader
 from harness.errors import ConfigError
+from harness.evaluate import set_report
 from harness.metrics import accuracy, expected_calibration_error
 from imagenet_trees import PICK, WNIDS, jpeg, objectnet_release, tree
 
@@ -114,7 +114,7 @@ def test_subset_projection_matches_hand_computation(tmp_path):
     np.testing.assert_allclose(projected.softmax(1).numpy(), probs, rtol=1e-12)
     full = torch.tensor(logits).softmax(1)[:, PICK]
     assert not torch.allclose(full, torch.tensor(probs))  # differs from a 1000-way softmax
-    report = projected_report(torch.tensor(logits), data)
+    report = set_report(torch.tensor(logits), data)
     assert report["acc"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
     assert report["ece"] == pytest.approx(expected_calibration_error(torch.tensor(probs), torch.tensor(labels)))
     assert report["n"] == 4
@@ -296,7 +296,7 @@ def test_zero_shot_evaluation_through_predict_logits(tmp_path):
     data = imagenet_a(tree(tmp_path / "a", [WNIDS[i] for i in PICK], per_class=1), clip_preprocess(model))
     logits = predict_logits(model, head, data, batch_size=3)
     assert logits.shape == (4, 1000)
-    report = projected_report(logits, data)
+    report = set_report(logits, data)
     assert report["n"] == 4 and len(report["reliability"]["count"]) == 15
     assert report["confidence"] >= 1 / 4  # a 4-way softmax, not a 1000-way one
 

@@ -192,14 +192,6 @@ def features_to_set_logits(features: torch.Tensor, head: torch.nn.Module, datase
     return project_logits(head(features), dataset_or_space)
 
 
-def projected_report(logits: torch.Tensor, dataset, n_bins: int = 15) -> dict:
-    """``harness.metrics.classification_report`` over the set's own classes, from 1000-way logits."""
-    from harness.metrics import classification_report
-
-    projected, labels = projected_logits_and_labels(logits, dataset)
-    return classification_report(projected, labels, n_bins)
-
-
 # --------------------------------------------------------------------------- datasets
 
 
