@@ -30,8 +30,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.config import flatten
-from harness.summary_keys import STUDENT_KEYS
+from harness.core.config import flatten
+from harness.core.summary_keys import STUDENT_KEYS
 
 RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
@@ -93,7 +93,7 @@ def _record_entries(root: Path, problems: list[str]) -> Iterable[tuple[str, dict
 def _storage_entries(url: str, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
     import optuna
 
-    from harness.study import open_storage
+    from harness.sweep.study import open_storage
 
     storage = open_storage(url)
     for name in optuna.get_all_study_names(storage=storage):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from harness.methods import METHODS
+from harness.core.methods import METHODS
 
 METRICS = ("id_acc", "ood_acc", "id_ece", "ood_ece", "id_nll", "ood_nll", "id_brier", "ood_brier")
 HIGHER_IS_BETTER = frozenset({"id_acc", "ood_acc"})

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.load import NoResultsError, Results, load
-from harness.cli import run_cli
-from harness.errors import UsageError
-from harness.spec import load_spec
+from harness.core.cli import run_cli
+from harness.core.errors import UsageError
+from harness.sweep.spec import load_spec
 
 log = logging.getLogger(__name__)
 

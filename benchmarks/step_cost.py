@@ -23,11 +23,11 @@ from pathlib import Path
 import open_clip
 import torch
 
-from harness.compute import resolve_device
-from harness.config import load_run_config
+from harness.core.config import load_run_config
 from harness.data import Benchmark, ImageSet, load_benchmark
-from harness.distributed import SINGLE_PROCESS
-from harness.train import TrainCallbacks, Trainer
+from harness.trial.compute import resolve_device
+from harness.trial.distributed import SINGLE_PROCESS
+from harness.trial.train import TrainCallbacks, Trainer
 
 
 def random_images(model: str, batches: int, batch_size: int) -> Benchmark:

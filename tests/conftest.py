@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from harness.storage import CACHE_ENV
+from harness.core.storage import CACHE_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,7 +36,7 @@ def tiny_model():
     """A randomly initialised small CLIP (no pretraining needed)."""
     import torch
 
-    from harness.models import create_model
+    from harness.models.clip import create_model
 
     torch.manual_seed(0)
     model, tokenizer = create_model("digit-vit-t", pretrained=None)

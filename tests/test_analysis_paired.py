@@ -7,11 +7,22 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from test_analysis import ABLATION_ROWS, OOD, ablation_trials, random_values, write_sweep
+from test_analysis import (
+    ABLATION_ROWS,
+    OOD,
+    ablation_trials,
+    random_values,
+    write_sweep,
+)
 
 from analysis import tables
 from analysis.load import load
-from analysis.paired import METRICS, PairedOptions, paired_difference, paired_differences
+from analysis.paired import (
+    METRICS,
+    PairedOptions,
+    paired_difference,
+    paired_differences,
+)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 from test_analysis import nll_of, random_values, write_sweep
 
 from analysis.select import main
-from harness.cli import run_cli
+from harness.core.cli import run_cli
 
 # val NLL per (sd_weight, seed): sd 0.5 holds the single best trial (0.30) but sd 1.5 the best mean.
 VAL_NLL = {(0.5, 0): 0.30, (0.5, 1): 0.50, (1.5, 0): 0.35, (1.5, 1): 0.36}

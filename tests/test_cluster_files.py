@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.commands.sweep import main as sweep_main
+from harness.core.errors import ConfigError
 from harness.data import require_known_benchmark
-from harness.errors import ConfigError
-from harness.launch import PROFILE_DIR, job_threads, load_profile, make_executor, render_sbatch
-from harness.spec import grid_points, load_spec, trial_config
-from harness.sweep import main as sweep_main
+from harness.sweep.launch import (
+    PROFILE_DIR,
+    job_threads,
+    load_profile,
+    make_executor,
+    render_sbatch,
+)
+from harness.sweep.spec import grid_points, load_spec, trial_config
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 IMAGENET_SWEEPS = {"imagenet_ablation.yaml": ["zeroshot", "ft", "flyp", "flyp+LS", "flyp+OC", "flyp+SD", "carot"],

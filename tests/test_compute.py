@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.compute import autocast, check_precision, resolve_device
-from harness.config import ComputeConfig, LossConfig
-from harness.distributed import SINGLE_PROCESS, DistributedEnvironment
-from harness.errors import UsageError
-from harness.train import contrastive_terms
+from harness.core.config import ComputeConfig, LossConfig
+from harness.core.errors import UsageError
+from harness.trial.compute import autocast, check_precision, resolve_device
+from harness.trial.distributed import SINGLE_PROCESS, DistributedEnvironment
+from harness.trial.train import contrastive_terms
 
 CPU = torch.device("cpu")
 

@@ -11,8 +11,8 @@ import optuna
 import pytest
 import yaml
 
-from harness.spec import grid_points, load_spec, point_key
-from harness.study import open_storage
+from harness.sweep.spec import grid_points, load_spec, point_key
+from harness.sweep.study import open_storage
 
 TINY = {"model": {"name": "digit-vit-t", "pretrained": None},
         "optim": {"epochs": 1, "batch_size": 200, "warmup_steps": 2}, "eval": {"batch_size": 500}}
@@ -21,8 +21,8 @@ TINY = {"model": {"name": "digit-vit-t", "pretrained": None},
 CLAIMER = """
 import json, sys, time
 from pathlib import Path
-from harness.spec import load_spec, point_key
-from harness.sweep import Sweep
+from harness.sweep.spec import load_spec, point_key
+from harness.sweep.driver import Sweep
 spec_path, storage, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 spec = load_spec(spec_path)
 sweep = Sweep(spec, spec_path.parent, out, storage)

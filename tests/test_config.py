@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from harness.config import ConfigError, RunConfig, apply_overrides, load_run_config
+from harness.core.config import ConfigError, RunConfig, apply_overrides, load_run_config
 
 
 def test_defaults_are_valid():
@@ -90,7 +90,7 @@ def test_cli_bad_input_exits_2_with_one_line(args, words):
 
 
 def test_flatten_gives_the_dotted_override_keys():
-    from harness.config import flatten
+    from harness.core.config import flatten
 
     assert flatten({"optim": {"lr": 0.1, "epochs": 2}, "seed": 0, "eval": {"wise_alphas": [0.5]}}) == {
         "optim.lr": 0.1, "optim.epochs": 2, "seed": 0, "eval.wise_alphas": [0.5]}

@@ -6,11 +6,11 @@ import torch
 from PIL import Image
 
 import harness.data
+from harness.core.errors import UnknownNameError
 from harness.data import corruptions, load_benchmark
 from harness.data.digitshift import build_digitshift
 from harness.data.registry import PIXEL_MEAN, PIXEL_STD
 from harness.data.sources import load_mnist_sheet
-from harness.errors import UnknownNameError
 
 FIT_SETS = ("pretrain", "train", "val")
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from harness.config import load_run_config
+from harness.core.config import load_run_config
 from harness.data import Benchmark, ImageSet
-from harness.distributed import (
+from harness.trial.distributed import (
     SINGLE_PROCESS,
     DistributedEnvironment,
     destroy_process_group,
@@ -34,7 +34,7 @@ from harness.distributed import (
     init_process_group,
     local_rows,
 )
-from harness.train import TrainCallbacks, Trainer
+from harness.trial.train import TrainCallbacks, Trainer
 
 BATCH = 8
 # float32 throughout; the two computations differ only in summation order (DDP's all-reduce, the

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.ema import EMATeacher, momentum_at
+from harness.trial.ema import EMATeacher, momentum_at
 
 
 def test_momentum_schedule():
@@ -31,7 +31,7 @@ def test_ema_update_by_hand():
 
 
 def test_ema_period_as_a_share_of_all_steps():
-    from harness.config import EMAConfig, build
+    from harness.core.config import EMAConfig, build
 
     assert EMAConfig(period="2%").period_steps(25_000) == 500  # the released 500 of ~25k ImageNet steps
     assert EMAConfig(period="10%").period_steps(155) == 16

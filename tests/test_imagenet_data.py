@@ -8,8 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from imagenet_trees import PICK, WNIDS, jpeg, objectnet_release, tree
 from PIL import Image
 
+from harness.core.errors import ConfigError
+from harness.core.metrics import accuracy, expected_calibration_error
 from harness.data.finetune_captions import (
     CaptionedImages,
     CaptionFileDataset,
@@ -33,10 +36,7 @@ from harness.data.imagenet import (
     projected_logits_and_labels,
 )
 from harness.data.pipeline import EpochSampler, clip_preprocess, make_loader
-from harness.errors import ConfigError
-from harness.evaluate import set_report
-from harness.metrics import accuracy, expected_calibration_error
-from imagenet_trees import PICK, WNIDS, jpeg, objectnet_release, tree
+from harness.trial.evaluate import set_report
 
 to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # noqa: E731
 
@@ -277,7 +277,7 @@ def test_wnid_asset_matches_timm_when_installed():
 
 
 def test_clip_preprocess_follows_the_model_config():
-    from harness.models import create_model
+    from harness.models.clip import create_model
 
     model, _ = create_model("digit-vit-t", None)
     transform = clip_preprocess(model)
@@ -287,8 +287,8 @@ def test_clip_preprocess_follows_the_model_config():
 
 def test_zero_shot_evaluation_through_predict_logits(tmp_path):
     """The evaluator's ``predict_logits`` runs on a folder set; projection then gives a 200-class-style report."""
-    from harness.evaluate import predict_logits
-    from harness.models import create_model, encode_images
+    from harness.models.clip import create_model, encode_images
+    from harness.trial.evaluate import predict_logits
 
     model, _ = create_model("digit-vit-t", None)
     torch.manual_seed(0)  # a random 1000-way head on the image features stands in for the zero-shot head

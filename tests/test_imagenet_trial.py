@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from imagenet_trees import PICK, WNIDS, imagenet_family
 from PIL import Image
 from torch.utils.data import Dataset
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from harness.batches import LoaderBatches
-from harness.config import DataConfig, RunConfig
+from harness.core.config import DataConfig, RunConfig
+from harness.core.errors import ConfigError, UsageError
 from harness.data import load_benchmark
 from harness.data.finetune_captions import CaptionedImages, TemplateCaptions
 from harness.data.imagenet import imagenet_classnames
 from harness.data.pipeline import EpochSampler, clip_preprocess
-from harness.distributed import DistributedEnvironment
-from harness.errors import ConfigError, UsageError
-from harness.models import classifier_head, create_model
-from harness.train import run
-from imagenet_trees import PICK, WNIDS, imagenet_family
+from harness.models.clip import classifier_head, create_model
+from harness.trial.batches import LoaderBatches
+from harness.trial.distributed import DistributedEnvironment
+from harness.trial.train import run
 
 CPU = torch.device("cpu")
 
@@ -210,7 +210,7 @@ def test_a_caption_table_replaces_templates_without_the_validation_images(family
 
 
 def test_a_sweep_with_a_wrong_data_root_stops_before_any_job(tmp_path):
-    from harness.sweep import main as sweep_main
+    from harness.commands.sweep import main as sweep_main
 
     spec = Path(__file__).resolve().parent.parent / "sweeps" / "imagenet_ablation.yaml"
     with pytest.raises(ConfigError, match="data.root: directory not found"):

@@ -3,7 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.losses import contrastive_loss, cross_norm_penalty, distillation_loss, orthogonality_penalty
+from harness.trial.losses import (
+    contrastive_loss,
+    cross_norm_penalty,
+    distillation_loss,
+    orthogonality_penalty,
+)
 
 
 def _log_softmax(x):

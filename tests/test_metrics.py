@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from harness import metrics
+from harness.core import metrics
 
 
 def _random_predictions(n=2000, classes=10, seed=0):

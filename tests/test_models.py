@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import PretrainedWeightsError, UnknownNameError
-from harness.models import create_model, zeroshot_head
+from harness.core.errors import PretrainedWeightsError, UnknownNameError
+from harness.models.clip import create_model, zeroshot_head
 
 
 def test_zeroshot_head_matches_per_prompt_computation(tiny_model):
@@ -63,12 +63,12 @@ def test_missing_weights_file_is_named(tmp_path):
 def test_zero_shot_head_encodes_prompts_in_chunks_to_the_same_embeddings(tiny_model, monkeypatch):
     import torch.nn.functional as F
 
-    import harness.models
+    import harness.models.clip
 
     model, tokenizer = tiny_model
     classnames, templates = ["zero", "one", "two"], ["a {}", "the digit {}"]
     with torch.no_grad():
         every = F.normalize(model.encode_text(tokenizer([t.format(c) for c in classnames for t in templates])), dim=-1)
         expected = F.normalize(every.view(3, 2, -1).mean(dim=1), dim=-1)
-        monkeypatch.setattr(harness.models, "PROMPT_BATCH", 4)  # 6 prompts: chunks of 4 and 2
+        monkeypatch.setattr(harness.models.clip, "PROMPT_BATCH", 4)  # 6 prompts: chunks of 4 and 2
         assert torch.allclose(zeroshot_head(model, tokenizer, classnames, templates), expected, atol=1e-6)

@@ -1,6 +1,6 @@
 import torch
 
-from harness.optim import decay_groups
+from harness.trial.optim import decay_groups
 
 
 def _named():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.posthoc import fit_temperature, interpolate_weights
+from harness.trial.posthoc import fit_temperature, interpolate_weights
 
 
 def test_temperature_matches_a_brute_force_search():

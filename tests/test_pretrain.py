@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from harness.models import create_model
-from harness.pretrain import main as pretrain_main
-from harness.optim import cosine_with_warmup
+from harness.commands.pretrain import main as pretrain_main
+from harness.models.clip import create_model
+from harness.trial.optim import cosine_with_warmup
 
 
 def test_cosine_schedule_values():
@@ -34,8 +34,8 @@ def test_tiny_pretraining_writes_a_loadable_state_dict(digitshift, tmp_path, cap
 
 
 def test_cached_weights_are_keyed_on_everything_that_changes_them(monkeypatch):
-    from harness import pretrain
     from harness.data import registry
+    from harness.trial import pretrain
 
     config = pretrain.PretrainConfig()
     base = pretrain.weights_path(config)

@@ -1,11 +1,11 @@
 import optuna
 
-from harness.config import load_run_config
-from harness.pruning import StudyPruner
-from harness.spec import SweepSpec
-from harness.study import open_study
-from harness.sweep import Sweep
-from harness.train import TrainCallbacks, TrialPruned, run
+from harness.core.config import load_run_config
+from harness.sweep.driver import Sweep
+from harness.sweep.pruning import StudyPruner
+from harness.sweep.spec import SweepSpec
+from harness.sweep.study import open_study
+from harness.trial.train import TrainCallbacks, TrialPruned, run
 
 
 def _study(tmp_path, directions):

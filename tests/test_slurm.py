@@ -9,13 +9,13 @@ from contextlib import closing
 from pathlib import Path
 
 import optuna
-import torch
 import pytest
+import torch
 import yaml
 
-from harness.config import RunConfig
-from harness.sweep import main as sweep_main
-from harness.train import run
+from harness.commands.sweep import main as sweep_main
+from harness.core.config import RunConfig
+from harness.trial.train import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,8 +116,8 @@ def test_a_two_task_trial_trains_one_model_over_both_tasks(slurm_cluster, tmp_pa
     """A profile with tasks_per_node=2: the trial runs as 2 DDP processes (gloo), each on half of every batch, and
     rank 0 alone writes the record; the weights equal one process's on whole batches up to float noise, which is
     small next to the training update (a rank training alone on its halves is off by more than half of it)."""
-    from harness.models import create_model
-    from harness.train import _seed_everything
+    from harness.models.clip import create_model
+    from harness.trial.train import _seed_everything
 
     profile = tmp_path / "two.yaml"
     profile.write_text(yaml.safe_dump({"tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 10}))

@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from harness.storage import atomic_torch_save
+from harness.core.storage import atomic_torch_save
 
 
 class SignalsWhilePickled:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from harness.models import create_model
-from harness.spec import grid_points, load_spec
-from harness.sweep import main as sweep_main
+from harness.commands.sweep import main as sweep_main
+from harness.models.clip import create_model
+from harness.sweep.spec import grid_points, load_spec
 
 TINY = {"model": {"name": "digit-vit-t", "pretrained": None},
         "optim": {"epochs": 1, "batch_size": 200, "warmup_steps": 2}, "eval": {"batch_size": 500}}
@@ -71,7 +71,7 @@ def test_grid_points_cross_seeds(tmp_path):
 def test_bad_specs_exit_2_before_anything_starts(tmp_path, capsys, fields, words):
     path = _spec(tmp_path, **fields)
     with pytest.raises(SystemExit) as exit_info:
-        from harness.cli import run_cli
+        from harness.core.cli import run_cli
 
         run_cli(sweep_main, [str(path)])
     assert exit_info.value.code == 2
@@ -121,7 +121,7 @@ def test_a_different_sweep_under_the_same_name_is_refused(finished_sweep, capsys
     data = yaml.safe_load(path.read_text())
     data["seeds"] = [0, 1]
     path.with_name("changed.yaml").write_text(yaml.safe_dump(data))
-    from harness.cli import run_cli
+    from harness.core.cli import run_cli
 
     with pytest.raises(SystemExit) as info:
         run_cli(sweep_main, [str(path.with_name("changed.yaml"))])
@@ -186,8 +186,8 @@ def test_sampled_points_run_once_per_seed(tmp_path):
 
 
 def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path, monkeypatch):
-    from harness.errors import UsageError
-    from harness.launch import make_executor
+    from harness.core.errors import UsageError
+    from harness.sweep.launch import make_executor
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun, sbatch, squeue
     with pytest.raises(UsageError, match='launcher slurm: Could not detect "srun"'):
@@ -195,8 +195,8 @@ def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path, monkeypatch):
 
 
 def test_resume_after_a_driver_died_between_enqueueing_asking_and_submitting(tmp_path):
-    from harness.study import open_study
-    from harness.sweep import Sweep
+    from harness.sweep.driver import Sweep
+    from harness.sweep.study import open_study
 
     path = _spec(tmp_path, name="torn", search={"method": {"grid": ["flyp", "ft", "lp"]}})
     spec = load_spec(path)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_run_config
-from harness.tracking import tracker_for
-from harness.train import run
+from harness.core.config import load_run_config
+from harness.sweep.tracking import tracker_for
+from harness.trial.train import run
 
 FAST = ["model.name=digit-vit-t", "model.pretrained=null", "method=flyp", "optim.epochs=2", "optim.batch_size=200",
         "eval.every_epoch=true", "eval.batch_size=500", "tracking.mode=offline"]

@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
-from harness.config import load_run_config
-from harness.errors import UsageError
-from harness.evaluate import evaluate_zeroshot
-from harness.models import classifier_head, create_model, encode_images
-from harness.summary_keys import summary_keys
-from harness.train import TrainCallbacks, main, run
+from harness.commands.train import main
+from harness.core.config import load_run_config
+from harness.core.errors import UsageError
+from harness.core.summary_keys import summary_keys
+from harness.models.clip import classifier_head, create_model, encode_images
+from harness.trial.evaluate import evaluate_zeroshot
+from harness.trial.train import TrainCallbacks, run
 
 FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500",
         "eval.bootstrap=200", "eval.floor_draws=50"]

@@ -7,8 +7,8 @@ import torch
 from huggingface_hub.errors import OfflineModeIsEnabled
 from open_clip.transformer import QuickGELU
 
-from harness.errors import PretrainedWeightsError
-from harness.models import create_model, require_known_model
+from harness.core.errors import PretrainedWeightsError
+from harness.models.clip import create_model, require_known_model
 
 
 @pytest.fixture

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import DataConfig
+from harness.core.config import DataConfig
+from harness.core.storage import atomic_torch_save, cache_dir
 from harness.data import captions, corruptions, sources
 from harness.data.registry import Benchmark, ImageSet, register_benchmark
-from harness.storage import atomic_torch_save, cache_dir
 
 VERSION = 2  # bump whenever the generated images change (2: OOD test sets 5x larger)
 MNIST_SPLIT = {"pretrain": 150, "train": 200, "val": 50, "mnist": 100}  # per class, sums to 500

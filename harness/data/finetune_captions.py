@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from harness.core.errors import ConfigError
 from harness.data.imagenet import load_rgb
 from harness.data.pipeline import mix64
-from harness.errors import ConfigError
 
 
 def format_strings(templates: Sequence) -> tuple[str, ...]:
@@ -35,7 +35,10 @@ def format_strings(templates: Sequence) -> tuple[str, ...]:
 
 def imagenet_templates(which: str = "openai") -> tuple[str, ...]:
     """open_clip's ImageNet templates as format strings: the 80 OpenAI ones, or its 7 ``"simple"`` ones."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+    from open_clip.zero_shot_metadata import (
+        OPENAI_IMAGENET_TEMPLATES,
+        SIMPLE_IMAGENET_TEMPLATES,
+    )
 
     return format_strings(SIMPLE_IMAGENET_TEMPLATES if which == "simple" else OPENAI_IMAGENET_TEMPLATES)
 

@@ -18,7 +18,7 @@ WordNet id in sorted order, the standard order; ``IMAGENET_CLASSNAMES`` of open_
 Each set carries a ``LabelSpace``: class ``k`` of the set is a group of ImageNet indices, and a
 set's labels are indices into its *own* classes. ``project_logits`` maps ``[N, 1000]`` logits to
 ``[N, K]`` logits over the set's classes *before* the softmax, so accuracy and ECE are over K
-classes and ``harness.metrics`` applies unchanged:
+classes and ``harness.core.metrics`` applies unchanged:
 
 - ImageNet, V2, Sketch: K = 1000, identity (``class_subset`` is None).
 - ImageNet-R / -A: the classes are the WordNet-id folders present (200 in the releases), sorted by
@@ -58,7 +58,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 N_IMAGENET = 1000
@@ -173,7 +173,7 @@ def project_logits(logits: torch.Tensor, dataset_or_space) -> torch.Tensor:
 def projected_logits_and_labels(
     logits: torch.Tensor, dataset, labels: torch.Tensor | None = None, labels_in: str = "set"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits over the set's K classes, labels in 0..K-1)``: what ``harness.metrics`` takes.
+    """``(logits over the set's K classes, labels in 0..K-1)``: what ``harness.core.metrics`` takes.
 
     ``labels`` default to ``dataset.labels`` (already in the set's space); pass ImageNet-index
     labels with ``labels_in="imagenet"`` to have them mapped.
@@ -237,7 +237,7 @@ class FolderImageSet(Dataset):
 
     ``labels`` (a tensor, as ``ImageSet``), ``label_space``, ``class_subset`` and ``classnames``
     describe the classes; ``batches`` serves ``(images, labels, indices)`` through a DataLoader so
-    ``harness.evaluate.predict_logits`` runs on it unchanged.
+    ``harness.trial.evaluate.predict_logits`` runs on it unchanged.
     """
 
     def __init__(

@@ -23,12 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import DataConfig
-from harness.data.finetune_captions import CaptionFileDataset, CaptionTable, imagenet_templates, read_caption_table
-from harness.data.imagenet import DEFAULT_DIRS, OOD_SETS, FolderImageSet, LabelSpace, imagenet_classnames, imagenet_sets
+from harness.core.config import DataConfig
+from harness.core.errors import ConfigError
+from harness.data.finetune_captions import (
+    CaptionFileDataset,
+    CaptionTable,
+    imagenet_templates,
+    read_caption_table,
+)
+from harness.data.imagenet import (
+    DEFAULT_DIRS,
+    OOD_SETS,
+    FolderImageSet,
+    LabelSpace,
+    imagenet_classnames,
+    imagenet_sets,
+)
 from harness.data.pipeline import default_num_workers, mix64
 from harness.data.registry import Benchmark, register_benchmark
-from harness.errors import ConfigError
 
 VAL_SPLIT_SEED = 0
 

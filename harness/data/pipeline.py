@@ -15,7 +15,6 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-
 _MASK = (1 << 64) - 1
 
 

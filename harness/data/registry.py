@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import Dataset
 
-from harness.errors import UnknownNameError
+from harness.core.errors import UnknownNameError
 
 # Pixel normalisation of the embedded benchmarks: grey levels in [0, 1] mapped to [-1, 1].
 PIXEL_MEAN = 0.5

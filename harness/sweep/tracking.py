@@ -11,10 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig, flatten
-from harness.pruning import StudyPruner
-from harness.train import TrainCallbacks, TrialPruned, resolve_run_dir
-
+from harness.core.config import RunConfig, flatten
+from harness.sweep.pruning import StudyPruner
+from harness.trial.train import TrainCallbacks, TrialPruned, resolve_run_dir
 
 _BIN_COLUMNS = ("lower", "upper", "count", "confidence", "accuracy")
 
@@ -52,7 +51,7 @@ class TrialCallbacks(TrainCallbacks):
 def _wandb_run(config: RunConfig, group: str | None, folder: Path) -> Any:
     import wandb
 
-    # In a W&B sweep agent (harness.wandb_sweep) the trial's run already exists: log there; setdefaults adds the
+    # In a W&B sweep agent (harness.sweep.wandb_sweep) the trial's run already exists: log there; setdefaults adds the
     # full config and keeps the sweep's keys. Only a sweep's run: one a crashed trial left open is finished below.
     if wandb.run is not None and wandb.run.sweep_id:
         wandb.run.config.setdefaults(flatten(config.model_dump(mode="json")))

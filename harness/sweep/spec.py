@@ -15,9 +15,16 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.config import RunConfig, StrictModel, apply_overrides, build, load, read_yaml
-from harness.errors import ConfigError
-from harness.summary_keys import EPOCH_KEYS, summary_keys
+from harness.core.config import (
+    RunConfig,
+    StrictModel,
+    apply_overrides,
+    build,
+    load,
+    read_yaml,
+)
+from harness.core.errors import ConfigError
+from harness.core.summary_keys import EPOCH_KEYS, summary_keys
 
 VARIANT = "variant"  # the search dimension whose values name override sets in ``variants``
 

@@ -8,8 +8,8 @@ documents them.
 
 from __future__ import annotations
 
-from harness.config import RunConfig
-from harness.methods import METHODS
+from harness.core.config import RunConfig
+from harness.core.methods import METHODS
 
 EPOCH_KEYS = ("val_acc", "val_ece", "val_nll")  # what eval.every_epoch records, and a pruner can watch
 _EVALUATION = (*EPOCH_KEYS, *(f"{role}_{metric}" for metric in ("acc", "ece", "nll", "brier") for role in ("id", "ood")))

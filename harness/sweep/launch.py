@@ -1,6 +1,6 @@
 """Launching trials with submitit: executors (local processes, in-process debug, SLURM profiles) and the job body.
 
-A job runs ``harness.train.run`` on one trial's config and returns a small dict (status, summary,
+A job runs ``harness.trial.train.run`` on one trial's config and returns a small dict (status, summary,
 record path, error). With a pruner, the job reports per-epoch validation values to the study's
 storage and stops when Optuna says so. On SLURM, jobs are ``Checkpointable``: on preemption or
 time-out submitit requeues them and ``run`` resumes from the trial's own checkpoint.
@@ -18,8 +18,8 @@ import submitit
 import yaml
 from pydantic import Field
 
-from harness.config import StrictModel, build
-from harness.errors import ConfigError, UsageError
+from harness.core.config import StrictModel, build
+from harness.core.errors import ConfigError, UsageError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 
@@ -96,10 +96,10 @@ class TrialJob(submitit.helpers.Checkpointable):
     def __call__(self, config: dict[str, Any], study: dict[str, Any] | None, threads: int) -> dict[str, Any]:
         import torch
 
-        from harness.config import RunConfig
-        from harness.distributed import environment_from_env
-        from harness.tracking import tracker_for
-        from harness.train import TrainCallbacks, run
+        from harness.core.config import RunConfig
+        from harness.sweep.tracking import tracker_for
+        from harness.trial.distributed import environment_from_env
+        from harness.trial.train import TrainCallbacks, run
 
         torch.set_num_threads(job_threads(threads))
         run_config = RunConfig.model_validate(config)

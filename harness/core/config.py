@@ -16,9 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.errors import ConfigError
-from harness.methods import CAROT_TERMS, METHODS
-
+from harness.core.errors import ConfigError
+from harness.core.methods import CAROT_TERMS, METHODS
 
 
 class StrictModel(BaseModel):
@@ -61,7 +60,7 @@ class DataConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """Unset keys take the method's defaults (carot: the paper's weights); see ``harness.methods``."""
+    """Unset keys take the method's defaults (carot: the paper's weights); see ``harness.core.methods``."""
 
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     oc_weight: float = Field(0.0, ge=0.0, description="lambda_OC, orthogonality of the visual projection")

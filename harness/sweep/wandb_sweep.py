@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.errors import ConfigError, UsageError
-from harness.spec import Space, SweepSpec, point_key, run_slug, trial_config
+from harness.core.errors import ConfigError, UsageError
+from harness.sweep.spec import Space, SweepSpec, point_key, run_slug, trial_config
 
 SEED = "seed"  # the sweep parameter that carries the trial's seed
 _METHODS = {"grid": "grid", "random": "random", "tpe": "bayes"}
@@ -98,7 +98,7 @@ class AgentTrial:
     def __call__(self) -> None:
         import wandb
 
-        from harness.launch import TrialJob, threads_per_job
+        from harness.sweep.launch import TrialJob, threads_per_job
 
         run = wandb.init(dir=str(self.out))  # the agent's run: its config holds the point; tracking logs to it
         params, seed = self.point(run.config)

@@ -6,9 +6,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from harness.config import ComputeConfig
-from harness.distributed import DistributedEnvironment
-from harness.errors import UsageError
+from harness.core.config import ComputeConfig
+from harness.core.errors import UsageError
+from harness.trial.distributed import DistributedEnvironment
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import optuna
 
-from harness.errors import UsageError
-from harness.spec import SweepSpec
+from harness.core.errors import UsageError
+from harness.sweep.spec import SweepSpec
 
 # What defines a sweep's trials; a study of the same name with another digest is a clash.
 _DIGEST_KEYS = ("base", "overrides", "variants", "search", "seeds", "sampler", "objectives")

@@ -25,9 +25,17 @@ import torch
 from torch.utils.data import Dataset
 
 from harness.data import Benchmark, ImageSet
-from harness.data.finetune_captions import CaptionedImages, CaptionFileDataset, TemplateCaptions
+from harness.data.finetune_captions import (
+    CaptionedImages,
+    CaptionFileDataset,
+    TemplateCaptions,
+)
 from harness.data.pipeline import EpochSampler, make_loader
-from harness.distributed import DistributedEnvironment, gather_features, local_rows
+from harness.trial.distributed import (
+    DistributedEnvironment,
+    gather_features,
+    local_rows,
+)
 
 
 @dataclass

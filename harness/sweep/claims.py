@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from harness.errors import UsageError
-from harness.storage import file_lock
-from harness.study import shown
+from harness.core.errors import UsageError
+from harness.core.storage import file_lock
+from harness.sweep.study import shown
 
 # Longer than any claim takes (a few storage round trips), so only a dead holder's lock is broken.
 _JOURNAL_GRACE_S = 60

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from harness.study import make_pruner, open_storage
+from harness.sweep.study import make_pruner, open_storage
 
 _MIN_OTHERS = 2  # the median of fewer trials says nothing
 

@@ -13,11 +13,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from harness.errors import PretrainedWeightsError, UnknownNameError
+from harness.core.errors import PretrainedWeightsError, UnknownNameError
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
-with resources.as_file(resources.files("harness") / "model_configs") as _folder:
+with resources.as_file(resources.files("harness.models") / "configs") as _folder:
     open_clip.add_model_config(_folder)  # registers digit-vit-* under their file stems
 
 # Which embedded pretrained weights a config name refers to.
@@ -76,8 +76,8 @@ def check_pretrained_tag(name: str, tag: str) -> None:
 def create_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Tokenizer]:
     """Build an open_clip model and its tokenizer.
 
-    ``pretrained``: None (random init); ``"digitshift"`` (the embedded small CLIP for this
-    architecture, built and cached on first use); a weights file (see ``load_weights``); or an
+    ``pretrained``: None (random init); a weights file (the embedded small CLIP's is resolved
+    beforehand by ``harness.trial.pretrain.embedded_weights``) (see ``load_weights``); or an
     open_clip pretrained tag (from the user's cache, downloaded if there is network; the tag must
     fit the model's activation, see ``check_pretrained_tag``).
     """
@@ -86,9 +86,8 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
         return _create_from_tag(name, pretrained, device), open_clip.get_tokenizer(name)
     weights = pretrained
     if pretrained == EMBEDDED_PRETRAINED:
-        from harness.pretrain import ensure_pretrained
-
-        weights = str(ensure_pretrained(name))
+        raise PretrainedWeightsError(f"{EMBEDDED_PRETRAINED!r} names a cache entry: resolve it first "
+                                     "(harness.trial.pretrain.embedded_weights)")
     if weights is not None and not Path(weights).is_file():
         raise PretrainedWeightsError(f"{weights}: no such weights file")
     with _quiet_open_clip():  # it warns that no weights were loaded: we load our own

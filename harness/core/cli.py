@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Callable
 
-from harness.config import ConfigT, load
-from harness.errors import UsageError
+from harness.core.config import ConfigT, load
+from harness.core.errors import UsageError
 
 
 def config_parser(prog: str, description: str | None, what: str = "run config") -> argparse.ArgumentParser:

@@ -1,0 +1,82 @@
+"""Run a sweep: spec -> Optuna study -> one submitit job per trial -> results.jsonl.
+
+    python -m harness.sweep sweeps/ablation.yaml [--dry-run] [--out DIR] [--launcher local|debug|slurm]
+                            [--profile NAME] [--storage URL] [--parallelism N] [--set key=value ...]
+                            [--engine optuna|wandb] [--count N] [--sweep-id ID]
+
+Keeps up to ``parallelism`` jobs in flight, tells Optuna each result, appends one line per
+finished trial to OUT/results.jsonl, and ends with the results table: per row ID and OOD
+accuracy and ECE with 95% intervals, the paired difference to FLYP, and the ECE noise floors
+(``analysis.tables.console_report``). Running the same command again
+does only what is missing: finished trials are not repeated; trials whose job died are retried
+(at most ``launcher.max_retries`` times) and resume from their checkpoints. Several drivers may
+share one study (the same command on several machines, with a journal: or postgresql:// storage):
+each point is claimed by one of them. Exit code 1 when a trial failed for good, 2 on bad input
+(nothing is launched and nothing existing is changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from harness.core.errors import ConfigError
+from harness.sweep.driver import Sweep
+from harness.sweep.launch import load_profile, render_sbatch
+from harness.sweep.spec import load_spec
+from harness.sweep.study import default_storage
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", type=Path, help="sweep spec YAML, e.g. sweeps/ablation.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the trial plan; launch nothing")
+    parser.add_argument("--out", help="output dir (default: the spec's out, else outputs/<name>)")
+    parser.add_argument("--launcher", choices=("local", "debug", "slurm"))
+    parser.add_argument("--profile", help="SLURM profile name from slurm/")
+    parser.add_argument("--storage", help="study storage: sqlite:///PATH (default OUT/study.db), journal:PATH or postgresql://...")
+    parser.add_argument("--parallelism", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    parser.add_argument("--engine", choices=("optuna", "wandb"), default="optuna",
+                        help="optuna (default): this driver and submitit jobs; wandb: a W&B sweep and a wandb.agent "
+                             "worker here (needs tracking.mode=online and a W&B login)")
+    parser.add_argument("--count", type=int, help="--engine wandb: at most this many trials in this worker")
+    parser.add_argument("--sweep-id", help="--engine wandb: join this existing W&B sweep instead of creating one")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    for flag, key in (("out", "out"), ("launcher", "launcher.kind"), ("profile", "launcher.profile"),
+                      ("storage", "storage"), ("parallelism", "launcher.parallelism")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    spec = load_spec(args.spec, overrides)
+    out = (Path(spec.out) if spec.out else Path("outputs") / spec.name).resolve()
+    sweep = Sweep(spec, args.spec.parent, out, spec.storage or default_storage(out))
+    if spec.launcher.kind == "slurm":
+        if not spec.launcher.profile:
+            raise ConfigError("launcher.profile: the slurm launcher needs a profile from slurm/ (--profile NAME)")
+        sweep.check_processes(load_profile(spec.launcher.profile).tasks_per_node)
+    if args.engine == "wandb":
+        from harness.sweep.wandb_sweep import run_wandb_sweep, sweep_config
+
+        if args.dry_run:
+            print(yaml.safe_dump(sweep_config(spec), sort_keys=False))
+            return 0
+        return run_wandb_sweep(spec, args.spec.parent, out, count=args.count, sweep_id=args.sweep_id)
+    if args.dry_run:
+        print(sweep.describe())
+        if spec.launcher.kind == "slurm":  # the first wave: up to `parallelism` trials, one job or a job array
+            wave = min(spec.launcher.parallelism, sweep.total())
+            print(f"\nsbatch script of the first {wave} trial(s), as submitit would submit it:")
+            print(render_sbatch(spec.launcher.profile, out / "jobs", spec.launcher.parallelism, wave))
+        return 0
+    status = sweep.run()
+    if status != 130:
+        # the entry point, not the driver, reads the results: the sweep library never imports analysis/
+        from analysis.tables import console_report
+
+        print(console_report(out))
+        print(f"figures: python -m analysis.figures {out} --out {out / 'figures'}")
+    return status
