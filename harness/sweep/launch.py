@@ -21,7 +21,7 @@ from pydantic import Field
 from harness.core.config import StrictModel, build
 from harness.core.errors import ConfigError, UsageError
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"  # the repository's slurm/
 
 
 class SlurmProfile(StrictModel):
