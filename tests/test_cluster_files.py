@@ -3,6 +3,7 @@
 Nothing here needs SLURM: scripts are rendered by submitit's template and read back line by line.
 """
 
+import inspect
 import os
 import stat
 from pathlib import Path
@@ -19,6 +20,7 @@ from harness.sweep.launch import (
     load_profile,
     make_executor,
     render_sbatch,
+    slurm_parameters,
 )
 from harness.sweep.spec import grid_points, load_spec, trial_config
 
@@ -92,6 +94,16 @@ def test_the_rendered_script_is_what_the_executor_submits(tmp_path, monkeypatch)
         assert slurm.max_num_timeout == load_profile(name).max_timeouts
         submitted = slurm._make_submission_file_text(slurm._submitit_command_str, "uid")
         assert submitted == render_sbatch(name, Path("jobs"), 4)
+
+
+def test_submitits_private_sbatch_template_still_takes_what_the_dry_run_passes():
+    """render_sbatch goes through submitit's private ``_make_sbatch_string`` (no public form): fail here if it changes."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    accepted = inspect.signature(_make_sbatch_string).parameters
+    for name in ("gpu-1", "gpu-8", "local"):
+        passed = {"command", "folder", "map_count", *slurm_parameters(load_profile(name), 4)}
+        assert passed <= set(accepted), sorted(passed - set(accepted))
 
 
 def test_jobs_take_their_thread_count_from_the_slurm_allocation(monkeypatch):

@@ -80,14 +80,20 @@ def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None
 
 def render_sbatch(profile: str, folder: Path, parallelism: int = 1, array_size: int = 1) -> str:
     """The sbatch script submitit would submit for one wave of ``array_size`` trials (one job, or a job array), for
-    ``--dry-run`` on any machine: ``SlurmExecutor`` cannot even be built where ``srun`` is missing, so this calls the
-    template it submits with, ``submitit.slurm.slurm._make_sbatch_string`` (private; tests compare the two)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
+    ``--dry-run`` on any machine: ``SlurmExecutor`` cannot even be built where ``srun`` is missing."""
     folder = Path(folder).expanduser().absolute()  # as submitit's executors hold it
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    return _make_sbatch_string(command=command, folder=folder, map_count=array_size if array_size > 1 else None,
-                               **slurm_parameters(load_profile(profile), parallelism))
+    return _submitit_sbatch(command=command, folder=folder, map_count=array_size if array_size > 1 else None,
+                            **slurm_parameters(load_profile(profile), parallelism))
+
+
+def _submitit_sbatch(**parameters: Any) -> str:
+    """submitit's sbatch template, ``submitit.slurm.slurm._make_sbatch_string``: private, and with no public form.
+    tests/test_cluster_files.py checks that it still takes the parameters passed here and renders what a
+    ``SlurmExecutor`` submits, so that a change in submitit fails there rather than in a dry run."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(**parameters)
 
 
 class TrialJob(submitit.helpers.Checkpointable):
