@@ -77,7 +77,6 @@ def spec_digest(spec: SweepSpec) -> str:
 
 def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
     """Create the study named after the sweep, or re-open it; a different sweep under the same name is refused."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = open_storage(storage)
     directions = [objective.direction for objective in spec.objectives]
     digest = spec_digest(spec)
