@@ -1,8 +1,9 @@
 """Early stopping of sweep trials from inside their jobs, through the study's shared storage.
 
 Single-objective studies use the Optuna pruner of the spec (median, successive halving,
-Hyperband) through ``trial.report``/``should_prune``. Optuna does not support intermediate
-values in multi-objective studies, so there a median rule on the spec's pruning metric is
+Hyperband): the job stores each epoch's value as the trial's intermediate value and asks the
+pruner about the trial as stored, as ``Trial.report``/``should_prune`` would. Optuna does not support
+intermediate values in multi-objective studies, so there a median rule on the spec's pruning metric is
 applied by hand: each trial stores its per-epoch value as a user attribute, and a trial whose
 value after ``warmup_epochs`` is worse than the median of the other trials at that epoch stops.
 """
@@ -14,34 +15,41 @@ from typing import Any
 
 import optuna
 
-from harness.sweep.study import make_pruner, open_storage
+from harness.sweep.study import TrialStore, make_pruner, open_storage
 
 _MIN_OTHERS = 2  # the median of fewer trials says nothing
 
 
 class StudyPruner:
+    """The pruning side of one running trial (``study``: name, storage, trial_number, prune_metric, pruner, prune_warmup)."""
+
     def __init__(self, study: dict[str, Any]):
-        warmup = study.get("prune_warmup", 1)
-        loaded = optuna.load_study(study_name=study["name"], storage=open_storage(study["storage"]),
-                                   pruner=make_pruner(study.get("pruner", "median"), warmup))
-        self.study = loaded
-        self.trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, study["trial_number"])
+        self.warmup = study.get("prune_warmup", 1)
+        self.pruner = make_pruner(study.get("pruner", "median"), self.warmup)
+        backend = open_storage(study["storage"])
+        self.study = optuna.load_study(study_name=study["name"], storage=backend, pruner=self.pruner)
+        self.storage, self.number = backend, study["trial_number"]
+        self.trial_id = TrialStore(backend, study["name"]).trial_id(self.number)
         self.metric, self.maximize = study["prune_metric"], study["prune_metric"] == "val_acc"
-        self.warmup = warmup
-        self.trial = optuna.trial.Trial(loaded, self.trial_id) if len(loaded.directions) == 1 else None
 
     def should_stop(self, epoch: int, value: float) -> bool:
         """Report ``value`` for ``epoch``; True when the trial should stop."""
-        if self.trial is not None:
-            self.trial.report(value, epoch)
-            return self.trial.should_prune()
+        if len(self.study.directions) == 1:
+            return self._optuna_prunes(epoch, value)
         key = f"epoch_{self.metric}.{epoch}"
-        self.study._storage.set_trial_user_attr(self.trial_id, key, value)
+        self.storage.set_trial_user_attr(self.trial_id, key, value)
         if epoch <= self.warmup:
             return False
         others = [t.user_attrs[key] for t in self.study.get_trials(deepcopy=False)
-                  if t._trial_id != self.trial_id and key in t.user_attrs]
+                  if t.number != self.number and key in t.user_attrs]
         if len(others) < _MIN_OTHERS:
             return False
         median = statistics.median(others)
         return value < median if self.maximize else value > median
+
+    def _optuna_prunes(self, epoch: int, value: float) -> bool:
+        """``Trial.report`` then ``Trial.should_prune``, in public API: an epoch reported already (a requeued job
+        repeating it) keeps its first value; the pruner judges the trial as stored, with this epoch's value."""
+        if epoch not in self.storage.get_trial(self.trial_id).intermediate_values:
+            self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(value))
+        return self.pruner.prune(self.study, self.storage.get_trial(self.trial_id))

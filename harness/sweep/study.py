@@ -32,7 +32,7 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """``journal:PATH`` -> a JournalFileBackend (shared filesystems); anything else is an SQLAlchemy URL."""
     if storage.startswith("journal:"):
         path = Path(storage.removeprefix("journal:"))
@@ -75,9 +75,11 @@ def spec_digest(spec: SweepSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
-    """Create the study named after the sweep, or re-open it; a different sweep under the same name is refused."""
-    backend = open_storage(storage)
+def open_study(spec: SweepSpec, storage: str, backend: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study named after the sweep, or re-open it; a different sweep under the same name is refused.
+
+    ``backend``: ``storage`` opened already (``open_storage``), to share it with a ``TrialStore``."""
+    backend = backend or open_storage(storage)
     directions = [objective.direction for objective in spec.objectives]
     digest = spec_digest(spec)
     try:
@@ -95,6 +97,41 @@ def open_study(spec: SweepSpec, storage: str) -> optuna.Study:
     if existing is None:
         study.set_user_attr("spec_digest", digest)
     return study
+
+
+class TrialStore:
+    """A study's trials by number, through its storage's public API (``optuna.Study`` does not expose its storage)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str):
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study_name)
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def get(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.storage.get_trial(self.trial_id(number))
+
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(self.trial_id(number), key, value)
+
+
+def tell_result(study: optuna.Study, store: TrialStore, spec: SweepSpec, number: int, result: dict[str, Any]) -> None:
+    """Finish trial ``number`` with a job's result: its status, record, error, log and summary as user attributes,
+    then complete (with the objectives' values), pruned or failed."""
+    attrs = {"status": result["status"], "record": result.get("record") or result.get("paths", {}).get("record"),
+             "error": result.get("error"), "log": result.get("log"),
+             **{f"summary.{k}": v for k, v in result.get("summary", {}).items()}}
+    for key, value in attrs.items():
+        store.set_user_attr(number, key, value)
+    if result["status"] == "ok":
+        try:
+            study.tell(number, objective_values(spec, result["summary"]), skip_if_finished=True)
+            return
+        except KeyError as exc:
+            store.set_user_attr(number, "error", str(exc))
+    state = optuna.trial.TrialState.PRUNED if result["status"] == "pruned" else optuna.trial.TrialState.FAIL
+    study.tell(number, state=state, skip_if_finished=True)
 
 
 def objective_values(spec: SweepSpec, summary: dict[str, Any]) -> list[float]:
