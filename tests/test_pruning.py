@@ -4,7 +4,7 @@ from harness.core.config import load_run_config
 from harness.sweep.driver import Sweep
 from harness.sweep.pruning import StudyPruner
 from harness.sweep.spec import SweepSpec
-from harness.sweep.study import open_study
+from harness.sweep.study import tell_result
 from harness.trial.train import TrainCallbacks, TrialPruned, run
 
 
@@ -55,11 +55,11 @@ def test_pruned_trial_is_recorded_as_pruned_in_record_study_and_results(tmp_path
     spec = SweepSpec(name="pruned", search={"method": {"grid": ["ft"]}})
     sweep = Sweep(spec, tmp_path, tmp_path / "out", f"sqlite:///{tmp_path / 'out.db'}")
     (tmp_path / "out").mkdir()
-    study = open_study(spec, sweep.storage)
+    study = sweep.open_study()
     trial = study.ask()
     trial.set_user_attr("point", "p")
-    sweep._tell(study, trial.number, {"status": "pruned", "record": str(tmp_path / "run" / "record.json")})
+    tell_result(study, sweep.store, spec, trial.number, {"status": "pruned", "record": str(tmp_path / "run" / "record.json")})
     frozen = study.trials[0]
     assert frozen.state == optuna.trial.TrialState.PRUNED
-    sweep._append(frozen)
+    sweep.record_missing(study)
     assert '"state": "PRUNED"' in (tmp_path / "out" / "results.jsonl").read_text()

@@ -130,7 +130,7 @@ def test_a_different_sweep_under_the_same_name_is_refused(finished_sweep, capsys
     assert len(_results(tmp_path / "out")) == 2
 
 
-def test_failing_trial_is_recorded_retried_and_named(tmp_path, capsys):
+def test_failing_trial_is_recorded_retried_and_named(tmp_path, caplog):
     torch.manual_seed(0)
     model, _ = create_model("digit-vit-t", None)
     state = model.state_dict()
@@ -145,7 +145,7 @@ def test_failing_trial_is_recorded_retried_and_named(tmp_path, capsys):
     assert [line["state"] for line in broken] == ["FAIL", "FAIL"]  # first try + one retry
     assert "non-finite loss" in broken[0]["error"]
     assert [line["state"] for line in lines if line["params"]["variant"] == "fine"] == ["COMPLETE"]
-    assert "failed trials: trial" in capsys.readouterr().out
+    assert "failed trials: trial" in caplog.text
 
 
 def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):

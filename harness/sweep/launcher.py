@@ -1,0 +1,147 @@
+"""Trial jobs of a driver: submit claimed trials, notice their jobs end, and adopt the trials of a dead driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from harness.sweep.claims import INTERRUPTED, Claim
+from harness.sweep.launch import TrialJob, make_executor, threads_per_job
+from harness.sweep.plan import Plan
+
+_QUEUE_CHECK_SECONDS = 10.0
+_SLURM_ENDED = ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED")
+
+
+@dataclass
+class Running:
+    """The job of trial ``number``, submitted by this driver."""
+
+    number: int
+    job: Any
+    next_queue_check: float = 0.0
+
+
+class Launcher:
+    """Submits trials through the launcher of the plan's spec (local processes, in-process debug, SLURM)."""
+
+    def __init__(self, plan: Plan, storage: str):
+        self.plan, self.storage = plan, storage
+        self._executor: Any = None
+
+    def start(self) -> None:
+        """Build the executor (SLURM: refused where its commands are missing)."""
+        launcher = self.plan.spec.launcher
+        self._executor = make_executor(launcher.kind, self.plan.out / "jobs", launcher.parallelism, launcher.profile)
+
+    def submit(self, claims: list[Claim]) -> list[Running]:
+        """Submit claimed trials; on SLURM several at once go out as one job array (one sbatch for the wave)."""
+        spec = self.plan.spec
+        submissions = []
+        for claim in claims:
+            config = self.plan.config(claim.params, claim.seed, claim.run_dir)
+            claim.trial.set_user_attr("run_dir", str(claim.run_dir))
+            study_info = {"name": spec.name, "storage": self.storage, "trial_number": claim.trial.number,
+                          "sweep": spec.name, "wandb_dir": str(self.plan.out),
+                          "prune_metric": spec.pruner.metric if spec.pruner.name != "none" else None,
+                          "pruner": spec.pruner.name, "prune_warmup": spec.pruner.warmup_epochs}
+            submissions.append((config.model_dump(mode="json"), study_info))
+        threads = threads_per_job(spec.launcher.parallelism)
+        wave = self._executor.batch() if spec.launcher.kind == "slurm" and len(submissions) > 1 else nullcontext()
+        with wave:
+            jobs = [self._executor.submit(TrialJob(), config, info, threads) for config, info in submissions]
+        for claim, job in zip(claims, jobs):  # job ids exist once the wave is submitted
+            claim.trial.set_user_attr("launcher", spec.launcher.kind)
+            claim.trial.set_user_attr("job_id", str(job.job_id))
+        return [Running(claim.trial.number, job) for claim, job in zip(claims, jobs)]
+
+    def over(self, item: Running) -> bool:
+        """submitit learns that a SLURM job ended from its result file or from sacct; without accounting, and for a
+        job killed before writing a result, only squeue can tell, so ask it now and then."""
+        if item.job.done():
+            return True
+        if self.plan.spec.launcher.kind != "slurm" or time.monotonic() < item.next_queue_check:
+            return False
+        item.next_queue_check = time.monotonic() + _QUEUE_CHECK_SECONDS
+        return _slurm_job_gone(str(item.job.job_id))
+
+    @staticmethod
+    def result(item: Running) -> dict[str, Any]:
+        """What the ended job returned, or a failure saying how the job itself died."""
+        try:
+            return item.job.results()[0]  # a multi-task job returns one result per task; rank 0 holds the record
+        except Exception as exc:  # the job itself died (killed, out of memory, import error)
+            return {"status": "failed", "error": f"job {item.job.job_id} died: {type(exc).__name__}: {str(exc)[:300]}",
+                    "log": str(item.job.paths.stderr)}
+
+    @staticmethod
+    def cancel(item: Running) -> None:
+        item.job.cancel(check=False)
+
+    @staticmethod
+    def adopt(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+        """The result of a running trial that nobody will tell (its driver died and its job is over): the record its
+        job left, else a failure; None while its driver or its job may still be alive."""
+        if not _abandoned(trial):
+            return None
+        if "run_dir" not in trial.user_attrs:  # the driver died between asking and submitting: nothing ran
+            return {"status": "failed", "error": f"{INTERRUPTED} before launch"}
+        record = _read_record(Path(trial.user_attrs["run_dir"]) / "record.json")
+        return record or {"status": "failed", "error": "its driver and job died"}
+
+
+def _abandoned(trial: optuna.trial.FrozenTrial) -> bool:
+    """True when no live driver owns the trial and its job is over; unknowable cases count as alive."""
+    attrs = trial.user_attrs
+    host, _, pid = attrs.get("driver", "").rpartition(":")
+    here = host == socket.gethostname()
+    if "driver" not in attrs:
+        driver_alive: bool | None = False
+    elif here:
+        driver_alive = int(pid) != os.getpid() and _alive(int(pid))
+    else:
+        driver_alive = None  # a driver on another machine: only its job's state can tell
+    if driver_alive:
+        return False
+    job, launcher = attrs.get("job_id"), attrs.get("launcher")
+    if job is not None and launcher == "slurm":
+        return _slurm_job_gone(job)
+    if job is not None and launcher == "local":
+        return here and not _alive(int(job))
+    return driver_alive is False  # no job yet, or an in-process (debug) job that died with its driver
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _slurm_job_gone(job_id: str) -> bool:
+    """SLURM forgets a job some minutes after it ends (``squeue`` then says "Invalid job id"); until then it lists it."""
+    try:
+        listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # no way to tell: leave the trial to a driver that can
+    if listed.returncode == 0:
+        return listed.stdout.strip() in _SLURM_ENDED
+    return "Invalid job id" in listed.stderr
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
