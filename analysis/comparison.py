@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Results
-from analysis.style import COLUMN_WIDTH, colour, figure_legend, plt
+from analysis.style import COLUMN_WIDTH, colour, figure_legend, plt, styled
 from analysis.tables import t_halfwidth
 
 
+@styled
 def headline_figure(trials: pd.DataFrame) -> plt.Figure:
     """Grouped bars per variant: ID and OOD accuracy (left), ID and OOD ECE (right), error bars = 95% t-intervals over
     seeds (none for a single trial); the ECE panel marks each role's mean noise floor as a dashed/dotted line: an ECE
@@ -40,6 +41,7 @@ def headline_figure(trials: pd.DataFrame) -> plt.Figure:
     return figure
 
 
+@styled
 def tradeoff_figure(results: Results) -> plt.Figure:
     """ID vs OOD accuracy and ECE, one point per variant (mean), WiSE-FT curves where recorded."""
     trials = results.trials
@@ -48,11 +50,11 @@ def tradeoff_figure(results: Results) -> plt.Figure:
         for axis, kind in zip(axes, ("acc", "ece")):
             axis.scatter(100 * group[f"id_{kind}"].mean(), 100 * group[f"ood_{kind}"].mean(), s=22,
                          color=colour(index), label=variant, zorder=3)
-            curves = [results.records[t].get("wise_ft") or [] for t in group["trial"]]
+            curves = [results.records[t].wise_ft for t in group["trial"]]
             if curves and all(curves):
-                alphas = [point["alpha"] for point in curves[0]]
-                id_values = np.mean([[p["summary"][f"id_{kind}"] for p in c] for c in curves], axis=0) * 100
-                ood_values = np.mean([[p["summary"][f"ood_{kind}"] for p in c] for c in curves], axis=0) * 100
+                alphas = [point.alpha for point in curves[0]]
+                id_values = np.mean([[p.summary[f"id_{kind}"] for p in c] for c in curves], axis=0) * 100
+                ood_values = np.mean([[p.summary[f"ood_{kind}"] for p in c] for c in curves], axis=0) * 100
                 axis.plot(id_values, ood_values, color=colour(index), lw=1, marker=".", ms=4, alpha=0.8)
                 if alphas[0] == 0:
                     axis.annotate("α=0", (id_values[0], ood_values[0]), fontsize=6)
@@ -72,6 +74,7 @@ def pareto_mask(accuracy: np.ndarray, ece: np.ndarray) -> np.ndarray:
     return mask
 
 
+@styled
 def pareto_figure(trials: pd.DataFrame) -> plt.Figure:
     """Trials on ID validation accuracy vs ECE (the objectives a multi-objective study optimises), front highlighted."""
     accuracy, ece = trials["val_acc"].to_numpy() * 100, trials["val_ece"].to_numpy() * 100

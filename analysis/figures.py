@@ -11,18 +11,19 @@ grid) is skipped with the reason printed and listed in report.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import matplotlib
 import pandas as pd
 
 from analysis import comparison, reliability, sensitivity, spectrum, tables
 from analysis.load import NoResultsError, Results, load
 from analysis.paired import paired_differences
 from analysis.style import save
+from harness.core.cli import command_parser, parse_args
 
 
 @dataclass
@@ -171,12 +172,12 @@ def build_report(results: Results, out: Path) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.figures", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m analysis.figures", __doc__)
     parser.add_argument("runs", nargs="+", help="sweep output dirs, dirs holding record.json files, Optuna storage "
                         "URLs (sqlite:///outputs/x/study.db) or wandb:ENTITY/PROJECT")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="where to write figures and tables")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    matplotlib.use("Agg")  # files only, on machines with or without a display
     try:
         results = load(args.runs)
     except NoResultsError as exc:

@@ -9,21 +9,21 @@ Inputs, any mix of:
 - an Optuna storage (``sqlite:///outputs/x/study.db``, ``journal:PATH``, any SQLAlchemy URL):
   every study in it, each trial's record found through its ``record`` user attribute;
 - ``wandb:ENTITY/PROJECT`` (online only): runs through W&B's public API, rebuilt from their
-  summaries (summary metrics and per-set accuracy and ECE; no reliability bins or spectra).
+  summaries (summary metrics only: no per-set reports, reliability bins or spectra).
 
 Outputs (``Results``): ``trials``, one row per trial (identity, config keys that vary across the
 loaded trials, summary metrics); ``sets``, one row per trial x evaluated set (all metrics);
 ``records``, the parsed records by trial id (reliability bins, WiSE-FT curves, spectra);
 ``config_keys``, the config keys that vary across the loaded trials (each also a column of ``trials``).
-Records of schema 1 lack the noise floors, bootstrap intervals, NLL/Brier means and the scale-free
-sigma_min: those columns exist all the same, holding NaN, so that every consumer can rely on them.
-A line that is not valid JSON is reported with its file and line number and skipped; a results
-file still being written yields what is there.
+Records and results lines are read through harness.core.record's typed models. Records of schema 1
+lack the noise floors, bootstrap intervals, NLL/Brier means and the scale-free sigma_min: those
+columns exist all the same, holding NaN, so that every consumer can rely on them. A line or record
+that cannot be read (not JSON, an unknown schema, a bad field) is reported with its file (and line
+number) and skipped; a results file still being written yields what is there.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,9 +31,14 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.core.config import flatten
+from harness.core.record import (
+    RunRecord,
+    UnreadableRecordError,
+    known_summary,
+)
 from harness.core.summary_keys import STUDENT_KEYS
+from harness.sweep.sink import RESULTS, ResultSink
 
-RESULTS_FILE = "results.jsonl"
 RECORD_FILE = "record.json"
 # Config keys that never define a variant: they differ between seeds or runs of one variant.
 _NOT_VARIANT_KEYS = ("seed", "run_dir", "tracking.", "eval.", "optim.checkpoint_every")
@@ -49,7 +54,7 @@ class NoResultsError(ValueError):
 class Results:
     trials: pd.DataFrame
     sets: pd.DataFrame
-    records: dict[str, dict] = field(default_factory=dict)
+    records: dict[str, RunRecord] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # corrupt lines, missing records, failed trials
     config_keys: list[str] = field(default_factory=list)  # config keys that vary across the trials (columns of trials)
 
@@ -59,38 +64,33 @@ def _flat_config(config: dict) -> dict[str, Any]:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in flatten(config).items()}
 
 
-def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg}); skipped")
-    return rows
+@dataclass
+class _Entry:
+    trial_id: str
+    sweep: str | None
+    record: RunRecord | None
+    state: str = "unknown"
+    params: dict[str, Any] = field(default_factory=dict)
 
 
-def _record_entries(root: Path, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
-    """(trial id, results line or {}, record) for every trial found under ``root``."""
-    results = root / RESULTS_FILE
-    if results.is_file():
-        sweep = root.name
-        by_trial = {line.get("trial"): line for line in _read_jsonl(results, problems)}  # the last line wins
+def _record_entries(root: Path, problems: list[str]) -> Iterable[_Entry]:
+    """Every trial found under ``root``."""
+    if (root / RESULTS).is_file():
+        by_trial = {line.trial: line for line in ResultSink(root).read(problems.append)}  # the last line wins
         for line in by_trial.values():
             record = None
-            if line.get("record"):
-                path = Path(line["record"])
+            if line.record:
+                path = Path(line.record)
                 record = _read_record(path if path.is_absolute() else root / path, problems)
-            yield f"{sweep}/{line.get('trial')}", line | {"sweep": sweep}, record or {}
+            yield _Entry(f"{root.name}/{line.trial}", root.name, record, line.state, line.params)
         return
     for path in sorted(root.rglob(RECORD_FILE)):
         record = _read_record(path, problems)
         if record is not None:
-            yield str(path.parent), {"sweep": root.name}, record
+            yield _Entry(str(path.parent), root.name, record)
 
 
-def _storage_entries(url: str, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
+def _storage_entries(url: str, problems: list[str]) -> Iterable[_Entry]:
     import optuna
 
     from harness.sweep.study import open_storage
@@ -101,11 +101,10 @@ def _storage_entries(url: str, problems: list[str]) -> Iterable[tuple[str, dict,
         for trial in study.get_trials(deepcopy=False):
             path = trial.user_attrs.get("record")
             record = _read_record(Path(path), problems) if path else None
-            line = {"sweep": study.study_name, "params": trial.params, "state": trial.state.name}
-            yield f"{study.study_name}/{trial.number}", line, record or {}
+            yield _Entry(f"{study.study_name}/{trial.number}", study.study_name, record, trial.state.name, trial.params)
 
 
-def _wandb_entries(path: str) -> Iterable[tuple[str, dict, dict]]:
+def _wandb_entries(path: str) -> Iterable[_Entry]:
     try:
         import wandb
 
@@ -113,19 +112,14 @@ def _wandb_entries(path: str) -> Iterable[tuple[str, dict, dict]]:
     except Exception as exc:  # no network, no API key, unknown project
         raise NoResultsError(f"wandb:{path}: W&B's API is unreachable ({type(exc).__name__}: {exc})") from exc
     for run in runs:
-        summary = dict(run.summary)
-        tests = {}
-        for key, value in summary.items():
-            if key.startswith("test/") and key.count("/") == 2:
-                _, name, metric = key.split("/")
-                tests.setdefault(name, {})[metric] = value
-        config = dict(run.config)
-        record = {"status": summary.get("status"), "method": config.get("method"), "summary": summary, "tests": tests,
-                  "config": config, "id_test": next((n for n in tests if n == "mnist"), None)}
-        yield f"{path}/{run.id}", {"sweep": run.group}, record
+        summary, config = dict(run.summary), dict(run.config)
+        record = RunRecord(status=summary.get("status", "running"), method=config.get("method", "unknown"),
+                           config=config, config_digest="", versions={}, summary=known_summary(summary),
+                           paths={"run_dir": run.id, "record": run.url})
+        yield _Entry(f"{path}/{run.id}", run.group, record)
 
 
-def _entries(source: str, problems: list[str]) -> Iterable[tuple[str, dict, dict]]:
+def _entries(source: str, problems: list[str]) -> Iterable[_Entry]:
     if source.startswith("wandb:"):
         return _wandb_entries(source.removeprefix("wandb:"))
     if "://" in source or source.startswith("journal:"):
@@ -136,20 +130,20 @@ def _entries(source: str, problems: list[str]) -> Iterable[tuple[str, dict, dict
     return _record_entries(root, problems)
 
 
-def _read_record(path: Path, problems: list[str]) -> dict | None:
+def _read_record(path: Path, problems: list[str]) -> RunRecord | None:
     try:
-        return json.loads(path.read_text())
+        return RunRecord.read(path)
     except FileNotFoundError:
         problems.append(f"{path}: record missing; trial skipped")
-    except json.JSONDecodeError as exc:
-        problems.append(f"{path}: not valid JSON ({exc.msg}); trial skipped")
+    except UnreadableRecordError as exc:
+        problems.append(f"{exc}; trial skipped")
     return None
 
 
-def _set_role(name: str, record: dict) -> str:
+def _set_role(name: str, record: RunRecord) -> str:
     if name == "val":
         return "val"
-    return "id" if name == record.get("id_test") else "ood"
+    return "id" if name == record.id_test else "ood"
 
 
 def load(paths: Iterable[str | Path]) -> Results:
@@ -158,22 +152,24 @@ def load(paths: Iterable[str | Path]) -> Results:
     problems: list[str] = []
     trial_rows, set_rows, records = [], [], {}
     for source in paths:
-        for trial_id, line, record in _entries(source, problems):
-            status = record.get("status") or str(line.get("state", "unknown")).lower()
-            if status != "ok":
-                problems.append(f"{trial_id}: trial {status}" + (f" ({record['error']})" if record.get("error") else ""))
+        for entry in _entries(source, problems):
+            record = entry.record
+            status = record.status if record is not None else entry.state.lower()
+            if record is None or status != "ok":
+                error = f" ({record.error})" if record is not None and record.error else ""
+                problems.append(f"{entry.trial_id}: trial {status}{error}")
                 continue
-            config = _flat_config(record.get("config", {}))
+            config = _flat_config(record.config)
             trial_rows.append({
-                "trial": trial_id, "sweep": line.get("sweep"), "method": record.get("method"),
-                "named_variant": (line.get("params") or {}).get("variant"),
-                "seed": config.get("seed"), "config": config, **record.get("summary", {}),
+                "trial": entry.trial_id, "sweep": entry.sweep, "method": record.method,
+                "named_variant": entry.params.get("variant"), "seed": config.get("seed"), "config": config,
+                **record.summary,
             })
-            records[trial_id] = record
-            for name, report in record.get("tests", {}).items():
-                low, high = report.get("ece_ci") or (None, None)
-                set_rows.append({"trial": trial_id, "set": name, "role": _set_role(name, record),
-                                 **{key: report.get(key) for key in METRICS}, "ece_ci_low": low, "ece_ci_high": high})
+            records[entry.trial_id] = record
+            for name, report in record.tests.items():
+                low, high = report.ece_ci or (None, None)
+                set_rows.append({"trial": entry.trial_id, "set": name, "role": _set_role(name, record),
+                                 **{key: getattr(report, key) for key in METRICS}, "ece_ci_low": low, "ece_ci_high": high})
     if not trial_rows:
         detail = f" ({len(problems)} problems: {problems[0]} ...)" if problems else ""
         raise NoResultsError(f"no finished trials in {', '.join(paths)}{detail}")

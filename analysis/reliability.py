@@ -9,19 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.load import Results
-from analysis.style import colour, plt
+from analysis.style import colour, plt, styled
+from harness.core.record import RunRecord
 
 
-def pooled_bins(records: list[dict], set_name: str) -> dict[str, np.ndarray]:
+def pooled_bins(records: list[RunRecord], set_name: str) -> dict[str, np.ndarray]:
     """Sum the reliability bins of ``set_name`` over ``records``: count, mean confidence and accuracy per bin."""
     count = conf = correct = None
     for record in records:
-        bins = record["tests"][set_name]["reliability"]
-        n = np.asarray(bins["count"], float)
-        c = np.asarray([v or 0.0 for v in bins["confidence"]]) * n
-        a = np.asarray([v or 0.0 for v in bins["accuracy"]]) * n
+        bins = record.tests[set_name].reliability
+        n = np.asarray(bins.count, float)
+        c = np.asarray([v or 0.0 for v in bins.confidence]) * n
+        a = np.asarray([v or 0.0 for v in bins.accuracy]) * n
         count, conf, correct = (n, c, a) if count is None else (count + n, conf + c, correct + a)
-        edges = np.asarray(bins["lower"] + [bins["upper"][-1]])
+        edges = np.asarray(bins.lower + [bins.upper[-1]])
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"edges": edges, "count": count, "confidence": conf / count, "accuracy": correct / count}
 
@@ -43,12 +44,13 @@ def _panel(axis, bins: dict[str, np.ndarray], ece: float, title: str) -> None:
     axis.text(0.04, 0.9, f"ECE {100 * ece:.1f}", transform=axis.transAxes, fontsize=7)
 
 
+@styled
 def reliability_grid(results: Results, sets: list[str] | None = None) -> plt.Figure:
     """Rows: variants; columns: test sets (ID first)."""
     trials = results.trials
     variants = list(dict.fromkeys(trials["variant"]))
     first = results.records[trials["trial"].iloc[0]]
-    names = sets or [name for name in first["tests"] if name != "val"]
+    names = sets or [name for name in first.tests if name != "val"]
     figure, axes = plt.subplots(len(variants), len(names), figsize=(1.25 * len(names) + 0.6, 1.25 * len(variants) + 0.5),
                                 squeeze=False, sharex=True, sharey=True)
     ece = results.sets.groupby(["variant", "set"])["ece"].mean()

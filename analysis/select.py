@@ -13,14 +13,13 @@ outputs/<name>. Bad input (spec, missing results, an objective no trial records)
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.load import NoResultsError, Results, load
-from harness.core.cli import run_cli
+from harness.core.cli import command_parser, parse_args, run_cli
 from harness.core.errors import UsageError
 from harness.sweep.spec import load_spec
 
@@ -64,11 +63,10 @@ def format_ranking(ranking: pd.DataFrame, key: str, direction: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.select", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m analysis.select", __doc__)
     parser.add_argument("spec", type=Path, help="the sweep spec YAML, e.g. sweeps/sensitivity.yaml")
     parser.add_argument("--out", type=Path, help="the sweep's output dir (default: the spec's out, else outputs/<name>)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     spec = load_spec(args.spec)
     out = args.out or (Path(spec.out) if spec.out else Path("outputs") / spec.name)
     objective = spec.objectives[0]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.style import COLUMN_WIDTH, colour, plt
+from analysis.style import COLUMN_WIDTH, colour, plt, styled
 from analysis.tables import t_halfwidth
 
 SD, LS, PERIOD = "loss.sd_weight", "loss.label_smoothing", "ema.period"
@@ -70,6 +70,7 @@ def period_order(value: Any) -> tuple:
     return (1, float(match.group(1)), "") if match else (2, 0.0, str(value))
 
 
+@styled
 def heatmap_figure(trials: pd.DataFrame, methods: list[str]) -> plt.Figure:
     """Per method (a row of panels): mean OOD accuracy and OOD ECE (%) over lambda_SD x label smoothing."""
     figure, axes = plt.subplots(len(methods), 2, figsize=(2 * COLUMN_WIDTH, 2.6 * len(methods)), squeeze=False)
@@ -92,6 +93,7 @@ def heatmap_figure(trials: pd.DataFrame, methods: list[str]) -> plt.Figure:
     return figure
 
 
+@styled
 def period_figure(trials: pd.DataFrame, methods: list[str]) -> plt.Figure:
     """Per method (a row of panels): ID and OOD accuracy and ECE against the EMA period as categories,
     mean and 95% t-interval over the trials at each period (seeds x the method's other swept sensitivity keys)."""

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.style import COLUMN_WIDTH, PALETTE, colour, figure_legend, plt
+from analysis.style import COLUMN_WIDTH, PALETTE, colour, figure_legend, plt, styled
 from analysis.tables import t_halfwidth
 
 LABELS = {
@@ -114,6 +114,7 @@ def describe(fit: dict[str, float], subset: str) -> str:
             f"ρ={estimate_text(fit['spearman_rho'], fit['spearman_low'], fit['spearman_high'])}")
 
 
+@styled
 def evidence_figure(trials: pd.DataFrame) -> plt.Figure:
     """2x2 scatter of ``pairs``, coloured by variant (by method when there are many), fitted line over all trials,
     and in each title the correlations with intervals over all trials and without zero-shot."""
@@ -140,6 +141,7 @@ def evidence_figure(trials: pd.DataFrame) -> plt.Figure:
     return figure
 
 
+@styled
 def before_after_figure(trials: pd.DataFrame) -> plt.Figure:
     """sigma_min (scale-free where recorded) of the pre-trained vs the fine-tuned model per variant,
     mean and 95% t-interval over seeds."""

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Callable, ParamSpec
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 # Yellow last: it is the hardest to see on white.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 COLUMN_WIDTH = 3.4  # inches, one column of a two-column paper
 
-plt.rcParams.update({
+STYLE = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150,
     "savefig.dpi": 300, "savefig.bbox": "tight", "axes.prop_cycle": plt.cycler(color=PALETTE),
-})
+}
+P = ParamSpec("P")
+
+
+def styled(make: Callable[P, plt.Figure]) -> Callable[P, plt.Figure]:
+    """Build the figure under STYLE, leaving the process's own matplotlib settings as they were."""
+    @functools.wraps(make)
+    def with_style(*args: P.args, **kwargs: P.kwargs) -> plt.Figure:
+        with plt.rc_context(STYLE):
+            return make(*args, **kwargs)
+    return with_style
 
 
 def colour(index: int) -> str:
@@ -29,8 +38,9 @@ def save(figure: plt.Figure, out: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.pdf under ``out`` and close the figure."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for path in paths:
-        figure.savefig(path)
+    with plt.rc_context(STYLE):
+        for path in paths:
+            figure.savefig(path)
     plt.close(figure)
     return paths
 

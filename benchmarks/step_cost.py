@@ -25,9 +25,10 @@ import torch
 
 from harness.core.config import load_run_config
 from harness.data import Benchmark, ImageSet, load_benchmark
+from harness.trial.callbacks import TrainCallbacks
 from harness.trial.compute import resolve_device
 from harness.trial.distributed import SINGLE_PROCESS
-from harness.trial.train import TrainCallbacks, Trainer
+from harness.trial.train import Trainer
 
 
 def random_images(model: str, batches: int, batch_size: int) -> Benchmark:

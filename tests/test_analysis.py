@@ -12,6 +12,7 @@ from analysis.figures import main as figures_main
 from analysis.load import NoResultsError, load
 from analysis.reliability import pooled_bins
 from analysis.spectrum import correlations
+from harness.core.record import RunRecord
 
 SETS = ["val", "mnist", "uci", "rendered"]
 OOD = ["uci", "rendered"]
@@ -56,7 +57,9 @@ def make_record(method, config, values, floors=None, sigma=(3e-6, 5e-6, 0.2, 0.3
                     "ood_ece_ci_low": mean("ece", 1) / 2, "ood_ece_ci_high": mean("ece", 1) * 1.5,
                     "sigma_min_rel": sigma[2], "sigma_min_rel_pretrained": sigma[3]}
     return {"schema": schema, "status": "ok", "method": method, "id_test": "mnist", "ood_tests": OOD,
-            "config": config, "summary": summary, "tests": tests,
+            "config": config, "config_digest": "synthetic", "versions": {},
+            "paths": {"run_dir": config["run_dir"], "record": f"{config['run_dir']}/record.json"},
+            "summary": summary, "tests": tests,
             "wise_ft": [{"alpha": a, "summary": summary, "tests": {}} for a in (0.0, 1.0)]}
 
 
@@ -257,9 +260,15 @@ def test_pareto_mask_by_hand():
     assert pareto_mask(accuracy, ece).tolist() == [True, True, True, False, False]
 
 
+def _with_bins(bins):
+    """A trial record whose one test set "s" has these reliability bins."""
+    record = make_record("ft", {"run_dir": "r"}, {name: (0.5, 0.1) for name in SETS})
+    record["tests"] = {"s": record["tests"]["mnist"] | {"reliability": bins}}
+    return RunRecord.model_validate(record)
+
+
 def test_pooled_bins_weight_by_count():
-    records = [{"tests": {"s": {"reliability": _bins([None, 0.8], [None, 0.9], [0, 10])}}},
-               {"tests": {"s": {"reliability": _bins([0.2, 0.5], [0.3, 0.7], [10, 30])}}}]
+    records = [_with_bins(_bins([None, 0.8], [None, 0.9], [0, 10])), _with_bins(_bins([0.2, 0.5], [0.3, 0.7], [10, 30]))]
     pooled = pooled_bins(records, "s")
     assert pooled["count"].tolist() == [10, 40]
     assert pooled["accuracy"][1] == pytest.approx((0.8 * 10 + 0.5 * 30) / 40)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from harness.core.config import load_run_config
 from harness.data import Benchmark, ImageSet
+from harness.trial.callbacks import TrainCallbacks
 from harness.trial.distributed import (
     SINGLE_PROCESS,
     DistributedEnvironment,
@@ -34,7 +35,7 @@ from harness.trial.distributed import (
     init_process_group,
     local_rows,
 )
-from harness.trial.train import TrainCallbacks, Trainer
+from harness.trial.train import Trainer
 
 BATCH = 8
 # float32 throughout; the two computations differ only in summation order (DDP's all-reduce, the

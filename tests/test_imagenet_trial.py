@@ -50,7 +50,7 @@ def record(family, tmp_path_factory):
 def _logits(record: dict, paths: list, border: int = 0) -> torch.Tensor:
     """1000-way logits of the trial's fine-tuned model on image files, computed here from its saved weights."""
     model, tokenizer = create_model("digit-vit-t", None)
-    model.load_state_dict(torch.load(record["paths"]["model"], weights_only=True))
+    model.load_state_dict(torch.load(record.paths.model, weights_only=True))
     model.eval()
     from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 
@@ -74,12 +74,12 @@ def _expected(logits: torch.Tensor, labels: list[int]) -> tuple[float, float]:
 
 
 def test_trial_reports_every_set_found(record):
-    assert record["status"] == "ok", record.get("error")
-    assert record["ood_tests"] == ["imagenet-v2", "imagenet-r", "objectnet"]  # no -A, no Sketch in the tree
-    sizes = {name: report["n"] for name, report in record["tests"].items()}
+    assert record.status == "ok", record.error
+    assert record.ood_tests == ["imagenet-v2", "imagenet-r", "objectnet"]  # no -A, no Sketch in the tree
+    sizes = {name: report.n for name, report in record.tests.items()}
     assert sizes == {"val": 4, "imagenet": 8, "imagenet-v2": 8, "imagenet-r": 4, "objectnet": 6}
-    assert record["timings"]["steps"] == 3  # 12 training images (16 minus 1 per class for val) / batch 4
-    assert record["teacher"] is not None and len(record["wise_ft"]) == 1
+    assert record.timings.steps == 3  # 12 training images (16 minus 1 per class for val) / batch 4
+    assert record.teacher is not None and len(record.wise_ft) == 1
 
 
 def test_imagenet_r_is_scored_over_its_own_classes(record, family):
@@ -87,8 +87,8 @@ def test_imagenet_r_is_scored_over_its_own_classes(record, family):
     paths = [p for folder in folders for p in sorted(folder.iterdir())]
     labels = [k for k, folder in enumerate(folders) for _ in sorted(folder.iterdir())]
     acc, ece = _expected(_logits(record, paths)[:, PICK[1:3]], labels)
-    assert record["tests"]["imagenet-r"]["acc"] == pytest.approx(acc, abs=1e-6)
-    assert record["tests"]["imagenet-r"]["ece"] == pytest.approx(ece, abs=1e-4)
+    assert record.tests["imagenet-r"].acc == pytest.approx(acc, abs=1e-6)
+    assert record.tests["imagenet-r"].ece == pytest.approx(ece, abs=1e-4)
 
 
 def test_objectnet_pools_the_max_logit_of_each_class_with_and_without_temperature(record, family):
@@ -97,12 +97,12 @@ def test_objectnet_pools_the_max_logit_of_each_class_with_and_without_temperatur
     folders = ["bananas", "chairs", "mugs"]
     paths = [family / "objectnet-1.0" / "images" / f / f"{j}.png" for f in folders for j in range(2)]
     logits = _logits(record, paths, border=1)
-    temperature = record["temperature_scaled"]["temperature"]
-    for scaled, report in ((logits, record["tests"]), (logits / temperature, record["temperature_scaled"]["tests"])):
+    temperature = record.temperature_scaled.temperature
+    for scaled, report in ((logits, record.tests), (logits / temperature, record.temperature_scaled.tests)):
         pooled = torch.stack([scaled[:, 3], scaled[:, [17, 250]].max(dim=1).values, scaled[:, 981]], dim=1)
         acc, ece = _expected(pooled, [0, 0, 1, 1, 2, 2])
-        assert report["objectnet"]["acc"] == pytest.approx(acc, abs=1e-6)
-        assert report["objectnet"]["ece"] == pytest.approx(ece, abs=1e-4)
+        assert report["objectnet"].acc == pytest.approx(acc, abs=1e-6)
+        assert report["objectnet"].ece == pytest.approx(ece, abs=1e-4)
 
 
 class _Numbered(Dataset):
@@ -203,8 +203,8 @@ def test_a_caption_table_replaces_templates_without_the_validation_images(family
         "run_dir": str(tmp_path / "flyp"),
     })
     record = run(config, progress=False)
-    assert record["status"] == "ok", record.get("error")
-    assert record["timings"]["steps"] == 3
+    assert record.status == "ok", record.error
+    assert record.timings.steps == 3
     with pytest.raises(UsageError, match="caption table has no class labels, which ft needs"):
         run(config.model_copy(update={"method": "ft", "run_dir": str(tmp_path / "ft")}), progress=False)
 

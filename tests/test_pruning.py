@@ -1,11 +1,13 @@
 import optuna
 
 from harness.core.config import load_run_config
+from harness.core.record import TrialOutcome
 from harness.sweep.driver import Sweep
 from harness.sweep.pruning import StudyPruner
 from harness.sweep.spec import SweepSpec
 from harness.sweep.study import tell_result
-from harness.trial.train import TrainCallbacks, TrialPruned, run
+from harness.trial.callbacks import TrainCallbacks, TrialPruned
+from harness.trial.train import run
 
 
 def _study(tmp_path, directions):
@@ -51,14 +53,14 @@ def test_pruned_trial_is_recorded_as_pruned_in_record_study_and_results(tmp_path
     config = load_run_config(None, ["model.name=digit-vit-t", "model.pretrained=null", "method=ft", "optim.epochs=2",
                                     "optim.batch_size=200", "eval.every_epoch=true", f"run_dir={tmp_path / 'run'}"])
     record = run(config, callbacks=_PruneAtFirstEpoch(), progress=False)
-    assert record["status"] == "pruned" and record["pruned_at_step"] == 10 and len(record["history"]) == 1
+    assert record.status == "pruned" and record.pruned_at_step == 10 and len(record.history) == 1
     spec = SweepSpec(name="pruned", search={"method": {"grid": ["ft"]}})
     sweep = Sweep(spec, tmp_path, tmp_path / "out", f"sqlite:///{tmp_path / 'out.db'}")
     (tmp_path / "out").mkdir()
     study = sweep.open_study()
     trial = study.ask()
     trial.set_user_attr("point", "p")
-    tell_result(study, sweep.store, spec, trial.number, {"status": "pruned", "record": str(tmp_path / "run" / "record.json")})
+    tell_result(study, sweep.store, spec, trial.number, TrialOutcome(status="pruned", record=str(tmp_path / "run" / "record.json")))
     frozen = study.trials[0]
     assert frozen.state == optuna.trial.TrialState.PRUNED
     sweep.record_missing(study)

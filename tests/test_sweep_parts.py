@@ -13,6 +13,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from harness.core.record import ResultLine, RunRecord, TrialOutcome
 from harness.sweep.driver import Sweep
 from harness.sweep.launcher import Launcher
 from harness.sweep.plan import Plan
@@ -24,17 +25,17 @@ from harness.sweep.study import make_pruner, tell_result
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "harness" / "sweep"
 
 
-def _line(trial: int, **fields) -> dict:
-    return {"trial": trial, "state": "COMPLETE", "params": {"method": "ft"}, **fields}
+def _line(trial: int, **fields) -> ResultLine:
+    return ResultLine(**{"trial": trial, "state": "COMPLETE", "params": {"method": "ft"}, "seed": 0, **fields})
 
 
 def test_an_append_after_a_torn_last_line_cuts_it_off_instead_of_gluing_onto_it(tmp_path, caplog):
     path = tmp_path / RESULTS
-    good = json.dumps(_line(0))
-    path.write_text(good + "\n" + json.dumps(_line(1))[:20])  # a crash in the middle of writing trial 1
+    good = _line(0).dumps()
+    path.write_text(good + "\n" + _line(1).dumps()[:20])  # a crash in the middle of writing trial 1
     sink = ResultSink(tmp_path)
     with caplog.at_level(logging.WARNING, logger="harness.sweep.sink"):
-        assert [line["trial"] for line in sink.read()] == [0]  # the torn line is skipped, and named
+        assert [line.trial for line in sink.read()] == [0]  # the torn line is skipped, and named
         assert f"{path}:2: not valid JSON" in caplog.text
         assert sink.append(_line(2))
     assert f"{path}:2: a line cut short" in caplog.text
@@ -44,7 +45,7 @@ def test_an_append_after_a_torn_last_line_cuts_it_off_instead_of_gluing_onto_it(
 
 
 def test_a_whole_last_line_without_its_newline_is_kept(tmp_path):
-    (tmp_path / RESULTS).write_text(json.dumps(_line(0)))
+    (tmp_path / RESULTS).write_text(_line(0).dumps())
     sink = ResultSink(tmp_path)
     assert sink.append(_line(1))
     assert [json.loads(line)["trial"] for line in (tmp_path / RESULTS).read_text().splitlines()] == [0, 1]
@@ -58,7 +59,7 @@ def test_the_sink_writes_each_trial_once_and_skips_corrupt_lines_with_their_numb
         handle.write('{"trial": 4, "sta{"trial": 5}\n')  # what the old driver glued together
     assert sink.append(_line(6))
     with caplog.at_level(logging.WARNING, logger="harness.sweep.sink"):
-        assert [(line["trial"], line["state"]) for line in sink.read()] == [(3, "COMPLETE"), (6, "COMPLETE")]
+        assert [(line.trial, line.state) for line in sink.read()] == [(3, "COMPLETE"), (6, "COMPLETE")]
     assert f"{sink.path}:2: not valid JSON" in caplog.text
 
 
@@ -71,11 +72,11 @@ def test_a_trial_whose_line_was_torn_is_written_again(tmp_path):
     for method in ("ft", "lp"):
         trial = study.ask({"method": optuna.distributions.CategoricalDistribution(["ft", "lp"])})
         trial.set_user_attr("point", f"method={method!r} | seed=0")
-        tell_result(study, sweep.store, spec, trial.number, {"status": "ok", "summary": {"val_acc": 0.5}})
+        tell_result(study, sweep.store, spec, trial.number, TrialOutcome(status="ok", summary={"val_acc": 0.5}))
     lines = [result_line(sweep.store.get(number), out) for number in (0, 1)]
-    (out / RESULTS).write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1])[:-7])
+    (out / RESULTS).write_text(lines[0].dumps() + "\n" + lines[1].dumps()[:-7])
     sweep.record_missing(study)
-    assert [json.loads(line) for line in (out / RESULTS).read_text().splitlines()] == lines
+    assert ResultSink(out).read() == lines
     sweep.record_missing(study)  # nothing missing: nothing appended
     assert len((out / RESULTS).read_text().splitlines()) == 2
 
@@ -107,12 +108,14 @@ def test_the_launcher_adopts_only_trials_whose_driver_and_job_are_gone(tmp_path)
     host = socket.gethostname()
     dead = f"{host}:{_dead_pid()}"
     assert Launcher.adopt(_running(driver=f"{host}:{os.getppid()}")) is None  # its driver is alive
-    assert Launcher.adopt(_running(driver=dead)) == {"status": "failed", "error": "interrupted before launch"}
-    record = {"status": "ok", "summary": {"val_acc": 0.5}, "paths": {"record": str(tmp_path / "record.json")}}
-    (tmp_path / "record.json").write_text(json.dumps(record))
-    assert Launcher.adopt(_running(driver=dead, run_dir=str(tmp_path), launcher="local", job_id=str(_dead_pid()))) == record
+    assert Launcher.adopt(_running(driver=dead)) == TrialOutcome.failed("interrupted before launch")
+    record = RunRecord(status="ok", summary={"val_acc": 0.5}, config={}, config_digest="d", method="ft", versions={},
+                       paths={"run_dir": str(tmp_path), "record": str(tmp_path / "record.json")})
+    record.write(tmp_path / "record.json")
+    adopted = Launcher.adopt(_running(driver=dead, run_dir=str(tmp_path), launcher="local", job_id=str(_dead_pid())))
+    assert adopted == TrialOutcome(status="ok", summary={"val_acc": 0.5}, record=str(tmp_path / "record.json"))
     gone = Launcher.adopt(_running(driver=dead, run_dir=str(tmp_path / "never"), launcher="local", job_id=str(_dead_pid())))
-    assert gone == {"status": "failed", "error": "its driver and job died"}
+    assert gone == TrialOutcome.failed("its driver and job died")
     assert Launcher.adopt(_running(driver=dead, run_dir=str(tmp_path), launcher="local", job_id=str(os.getppid()))) is None
 
 

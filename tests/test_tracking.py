@@ -34,7 +34,7 @@ def test_offline_wandb_run_holds_the_logged_metrics(digitshift, tmp_path, monkey
     assert "train/contrastive" in logged and "epoch/val_acc" in logged and "reliability/mnist" in logged
     state = json.loads(_leet(files[0], "--summary"))
     assert state["state"] == "finished" and state["run_id"] == run_id
-    assert state["summary"]["val_acc"] == pytest.approx(record["summary"]["val_acc"])
-    assert state["summary"]["epoch/val_acc"] == pytest.approx(record["history"][-1]["val_acc"])
+    assert state["summary"]["val_acc"] == pytest.approx(record.summary["val_acc"])
+    assert state["summary"]["epoch/val_acc"] == pytest.approx(record.history[-1].val_acc)
     assert state["config"]["method"] == "flyp" and state["config"]["loss.label_smoothing"] == 0
     assert "api_key" not in files[0].read_bytes().decode("latin-1").lower()

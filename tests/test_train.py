@@ -7,10 +7,12 @@ import torch
 from harness.commands.train import main
 from harness.core.config import load_run_config
 from harness.core.errors import UsageError
+from harness.core.record import SCHEMA
 from harness.core.summary_keys import summary_keys
 from harness.models.clip import classifier_head, create_model, encode_images
+from harness.trial.callbacks import TrainCallbacks
 from harness.trial.evaluate import evaluate_zeroshot
-from harness.trial.train import TrainCallbacks, run
+from harness.trial.train import run
 
 FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500",
         "eval.bootstrap=200", "eval.floor_draws=50"]
@@ -39,56 +41,56 @@ def carot_record(digitshift, weights, tmp_path_factory):
 
 def test_carot_record_is_complete(carot_record, digitshift):
     record = carot_record
-    assert record["status"] == "ok" and record["schema"] == 2
-    assert list(record["tests"]) == ["val", *digitshift.tests]
-    for report in record["tests"].values():
-        assert {"acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "n", "reliability"} <= set(report)
+    assert record.status == "ok" and record.schema_version == SCHEMA
+    assert list(record.tests) == ["val", *digitshift.tests]
+    for report in record.tests.values():
+        assert sum(report.reliability.count) == report.n  # every image in one bin
     for key in ("val_acc", "val_ece", "val_nll", "id_acc", "id_ece", "ood_acc", "ood_ece", "sigma_min",
                 "ts_temperature", "teacher_id_acc"):
-        assert math.isfinite(record["summary"][key]), key
-    ood = [record["tests"][name]["acc"] for name in digitshift.ood_tests]
-    assert record["summary"]["ood_acc"] == pytest.approx(sum(ood) / len(ood))
-    assert record["summary"]["id_acc"] == record["tests"]["mnist"]["acc"]
-    assert record["config"]["loss"]["cross_weight"] == 0.05
-    assert record["timings"]["steps"] == 20 and record["timings"]["ema_period_steps"] == 3
+        assert math.isfinite(record.summary[key]), key
+    ood = [record.tests[name].acc for name in digitshift.ood_tests]
+    assert record.summary["ood_acc"] == pytest.approx(sum(ood) / len(ood))
+    assert record.summary["id_acc"] == record.tests["mnist"].acc
+    assert record.config["loss"]["cross_weight"] == 0.05
+    assert record.timings.steps == 20 and record.timings.ema_period_steps == 3
     for name in digitshift.tests:  # every test set's ECE with its interval and noise floor
-        report = record["tests"][name]
-        low, high = report["ece_ci"]
-        assert low <= report["ece"] <= high and 0 < report["ece_floor"] < 1 and report["ece_floor_sd"] > 0
-    summary = record["summary"]
-    assert summary["id_ece_floor"] == record["tests"]["mnist"]["ece_floor"]
-    floors = [record["tests"][name]["ece_floor"] for name in digitshift.ood_tests]
+        report = record.tests[name]
+        low, high = report.ece_ci
+        assert low <= report.ece <= high and 0 < report.ece_floor < 1 and report.ece_floor_sd > 0
+    summary = record.summary
+    assert summary["id_ece_floor"] == record.tests["mnist"].ece_floor
+    floors = [record.tests[name].ece_floor for name in digitshift.ood_tests]
     assert summary["ood_ece_floor"] == pytest.approx(sum(floors) / len(floors))
     assert summary["ood_ece_ci_low"] <= summary["ood_ece"] <= summary["ood_ece_ci_high"]
-    briers = [record["tests"][name]["brier"] for name in digitshift.ood_tests]
+    briers = [record.tests[name].brier for name in digitshift.ood_tests]
     assert summary["ood_brier"] == pytest.approx(sum(briers) / len(briers))
-    assert summary["id_nll"] == record["tests"]["mnist"]["nll"]
+    assert summary["id_nll"] == record.tests["mnist"].nll
     assert 0 < summary["sigma_min_rel"] < 1 and "ts_ood_ece_floor" in summary and "teacher_id_ece_ci_low" in summary
     assert list(summary) == summary_keys(load_run_config(None, ["method=carot", "loss.sd_weight=1"]))  # what specs check
     for key in ("model", "teacher"):
-        state = torch.load(record["paths"][key], weights_only=True)
+        state = torch.load(getattr(record.paths, key), weights_only=True)
         assert "visual.proj" in state
-    saved = json.loads(open(record["paths"]["record"]).read())
-    assert saved["summary"] == record["summary"]
+    saved = json.loads(open(record.paths.record).read())
+    assert saved["summary"] == record.summary
 
 
 def test_temperature_scaling_keeps_accuracy(carot_record):
-    scaled = carot_record["temperature_scaled"]
-    assert scaled["temperature"] > 0
-    for name, report in carot_record["tests"].items():
-        assert scaled["tests"][name]["acc"] == report["acc"]
-    assert scaled["tests"]["val"]["nll"] <= carot_record["tests"]["val"]["nll"] + 1e-9
+    scaled = carot_record.temperature_scaled
+    assert scaled.temperature > 0
+    for name, report in carot_record.tests.items():
+        assert scaled.tests[name].acc == report.acc
+    assert scaled.tests["val"].nll <= carot_record.tests["val"].nll + 1e-9
 
 
 def test_wise_ft_endpoints(carot_record, digitshift, weights):
-    start, _, end = carot_record["wise_ft"]
-    assert end["alpha"] == 1.0
-    for name, report in carot_record["tests"].items():
-        assert end["tests"][name]["acc"] == pytest.approx(report["acc"])
+    start, _, end = carot_record.wise_ft
+    assert end.alpha == 1.0
+    for name, report in carot_record.tests.items():
+        assert end.tests[name].acc == pytest.approx(report.acc)
     model, tokenizer = create_model("digit-vit-t", str(weights))
     zeroshot = evaluate_zeroshot(model, tokenizer, digitshift)
     for name, report in zeroshot.items():
-        assert start["tests"][name]["acc"] == pytest.approx(report["acc"])
+        assert start.tests[name].acc == pytest.approx(report["acc"])
 
 
 def _accuracy(model, head, dataset):
@@ -100,7 +102,7 @@ def _accuracy(model, head, dataset):
 def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_record, digitshift, weights):
     # by hand: image tower halfway between pre-trained and fine-tuned, text tower pre-trained; the head halfway
     # between the zero-shot head (pre-trained text tower) and the head of the fine-tuned text tower
-    pretrained, finetuned = _state(weights), _state(carot_record["paths"]["model"])
+    pretrained, finetuned = _state(weights), _state(carot_record.paths.model)
     model, tokenizer = create_model("digit-vit-t", None)
     model.load_state_dict(finetuned)
     finetuned_head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
@@ -111,20 +113,20 @@ def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_reco
     head = torch.nn.Linear(zeroshot_head.in_features, zeroshot_head.out_features)
     head.weight.data = (zeroshot_head.weight + finetuned_head.weight) / 2
     head.bias.data.zero_()
-    middle = carot_record["wise_ft"][1]
-    assert middle["alpha"] == 0.5
+    middle = carot_record.wise_ft[1]
+    assert middle.alpha == 0.5
     for name in ("mnist", "rendered"):
-        assert middle["tests"][name]["acc"] == pytest.approx(_accuracy(model.eval(), head, digitshift.tests[name]), abs=1e-9)
+        assert middle.tests[name].acc == pytest.approx(_accuracy(model.eval(), head, digitshift.tests[name]), abs=1e-9)
 
 
 def test_wise_ft_all_weights_rebuilds_the_head_from_the_blended_text_tower(carot_record, digitshift, weights, tmp_path):
     record = run(_config(weights, tmp_path / "all", *CAROT, "eval.wise_alphas=[0.5]", "eval.wise_ft=all_weights",
                          "eval.temperature_scaling=false"), progress=False)
-    pretrained, finetuned = _state(weights), _state(record["paths"]["model"])
+    pretrained, finetuned = _state(weights), _state(record.paths.model)
     model, tokenizer = create_model("digit-vit-t", None)
     model.load_state_dict({k: torch.lerp(pretrained[k], finetuned[k], 0.5) for k in pretrained})
     head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
-    assert record["wise_ft"][0]["tests"]["uci"]["acc"] == pytest.approx(_accuracy(model.eval(), head, digitshift.tests["uci"]))
+    assert record.wise_ft[0].tests["uci"].acc == pytest.approx(_accuracy(model.eval(), head, digitshift.tests["uci"]))
 
 
 @pytest.mark.parametrize("limit", [None, 100.0])
@@ -136,7 +138,7 @@ def test_logit_scale_moves_past_ln_100_only_without_the_clamp(weights, tmp_path,
     overrides = [*FAST, f"model.pretrained={start}", f"run_dir={tmp_path / 'run'}", "method=flyp",
                  "eval.temperature_scaling=false", f"optim.logit_scale_max={'null' if limit is None else limit}"]
     record = run(load_run_config(None, overrides), progress=False)
-    scale = _state(record["paths"]["model"])["logit_scale"].exp().item()
+    scale = _state(record.paths.model)["logit_scale"].exp().item()
     if limit is None:
         assert scale > 140  # released behaviour: free to stay above 100
     else:
@@ -145,7 +147,7 @@ def test_logit_scale_moves_past_ln_100_only_without_the_clamp(weights, tmp_path,
 
 def test_same_config_same_metrics(carot_record, weights, tmp_path):
     again = run(_config(weights, tmp_path / "again", *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), progress=False)
-    assert again["summary"] == carot_record["summary"]
+    assert again.summary == carot_record.summary
 
 
 class _KillAt(TrainCallbacks):
@@ -163,8 +165,8 @@ def test_killed_run_resumes_to_the_same_result(carot_record, weights, tmp_path):
         run(config, callbacks=_KillAt(12), progress=False)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 7
     record = run(config, progress=False)
-    assert record["resumed_from_step"] == 7
-    assert record["summary"] == carot_record["summary"]
+    assert record.resumed_from_step == 7
+    assert record.summary == carot_record.summary
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
 
 
@@ -175,8 +177,8 @@ def test_lpft_resumes_across_its_stage_boundary(weights, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(config, callbacks=_KillAt(25), progress=False)  # checkpoint at step 20 = end of the LP stage
     record = run(config, progress=False)
-    assert record["resumed_from_step"] == 20 and record["timings"]["steps"] == 40
-    assert record["summary"] == reference["summary"]
+    assert record.resumed_from_step == 20 and record.timings.steps == 40
+    assert record.summary == reference.summary
 
 
 class _Counter(TrainCallbacks):
@@ -187,10 +189,10 @@ class _Counter(TrainCallbacks):
 
 
 def test_finished_run_is_not_repeated_and_run_dirs_are_not_shared(carot_record, weights):
-    run_dir = carot_record["paths"]["run_dir"]
+    run_dir = carot_record.paths.run_dir
     counter = _Counter()
     again = run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), callbacks=counter, progress=False)
-    assert counter.steps == 0 and again["summary"] == carot_record["summary"]
+    assert counter.steps == 0 and again.summary == carot_record.summary
     with pytest.raises(UsageError, match="another trial"):
         run(_config(weights, run_dir, "method=flyp"), progress=False)
 
@@ -202,12 +204,12 @@ def _state(path):
 @pytest.mark.parametrize("method, visual_moves, text_moves", [("lp", False, False), ("ft", True, False), ("flyp", True, True)])
 def test_each_method_trains_what_it_should(weights, tmp_path, method, visual_moves, text_moves):
     record = run(_config(weights, tmp_path / method, f"method={method}", "eval.temperature_scaling=false"), progress=False)
-    assert record["status"] == "ok"
-    before, after = _state(weights), _state(record["paths"]["model"])
+    assert record.status == "ok"
+    before, after = _state(weights), _state(record.paths.model)
     assert (not torch.equal(before["visual.proj"], after["visual.proj"])) == visual_moves
     assert (not torch.equal(before["text_projection"], after["text_projection"])) == text_moves
     if method == "lp":
-        head = _state(record["paths"]["head"])
+        head = _state(record.paths.head)
         assert head["weight"].shape == (10, before["visual.proj"].shape[1])
 
 
@@ -215,10 +217,10 @@ def test_zeroshot_method_equals_zeroshot_evaluation(digitshift, weights, tmp_pat
     record = run(_config(weights, tmp_path / "zs", "method=zeroshot"), progress=False)
     model, tokenizer = create_model("digit-vit-t", str(weights))
     for name, report in evaluate_zeroshot(model, tokenizer, digitshift).items():
-        assert record["tests"][name]["acc"] == report["acc"]
-        assert record["tests"][name]["ece"] == pytest.approx(report["ece"])
-    assert record["summary"]["sigma_min"] == record["summary"]["sigma_min_pretrained"]
-    assert record["wise_ft"] == [] and record["timings"]["steps"] == 0
+        assert record.tests[name].acc == report["acc"]
+        assert record.tests[name].ece == pytest.approx(report["ece"])
+    assert record.summary["sigma_min"] == record.summary["sigma_min_pretrained"]
+    assert record.wise_ft == [] and record.timings.steps == 0
 
 
 class _EpochLog(TrainCallbacks):
@@ -233,9 +235,9 @@ def test_per_epoch_validation_reaches_history_and_callbacks(weights, tmp_path):
     log = _EpochLog()
     config = _config(weights, tmp_path / "epochs", "method=ft", "optim.epochs=2", "eval.every_epoch=true")
     record = run(config, callbacks=log, progress=False)
-    assert [h["epoch"] for h in record["history"]] == [1, 2] == [e for e, _ in log.epochs]
-    assert [h["step"] for h in record["history"]] == [20, 40]
-    assert record["history"][-1]["val_acc"] == record["summary"]["val_acc"]  # last epoch = final model
+    assert [h.epoch for h in record.history] == [1, 2] == [e for e, _ in log.epochs]
+    assert [h.step for h in record.history] == [20, 40]
+    assert record.history[-1].val_acc == record.summary["val_acc"]  # last epoch = final model
 
 
 def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys):
@@ -246,7 +248,7 @@ def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys
     code = main([*FAST, f"model.pretrained={broken}", "method=flyp", f"run_dir={tmp_path / 'nan'}"])
     assert code == 1
     record = json.loads((tmp_path / "nan" / "record.json").read_text())
-    assert record["status"] == "failed" and "non-finite loss at step 0" in record["error"]
+    assert record.status == "failed" and "non-finite loss at step 0" in record.error
     assert "trial failed" in capsys.readouterr().out
 
 

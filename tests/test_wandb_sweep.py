@@ -14,6 +14,7 @@ import yaml
 import harness.trial.train
 from harness.core.cli import run_cli
 from harness.core.errors import ConfigError
+from harness.core.record import RunRecord
 from harness.sweep.spec import load_spec, point_key
 from harness.sweep.wandb_sweep import AgentTrial, run_wandb_sweep, sweep_config
 
@@ -138,8 +139,9 @@ def _fake_run(seen: list, status: str = "ok"):
     def run(config, callbacks=None, progress=True, env=None):
         assert env is not None and not env.is_distributed  # the agent's trial is one process
         seen.append((config, callbacks, wandb.run))
-        return {"status": status, "summary": {"val_acc": 0.5}, "error": None if status == "ok" else "boom",
-                "paths": {"record": str(Path(config.run_dir) / "record.json")}}
+        return RunRecord(status=status, summary={"val_acc": 0.5}, error=None if status == "ok" else "boom",
+                         config={}, config_digest="", method=config.method, versions={},
+                         paths={"run_dir": config.run_dir, "record": str(Path(config.run_dir) / "record.json")})
     return run
 
 

@@ -17,11 +17,12 @@ each point is claimed by one of them. Exit code 1 when a trial failed for good, 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+import optuna
 import yaml
 
+from harness.core.cli import command_parser, parse_args
 from harness.core.errors import ConfigError
 from harness.sweep.driver import Sweep
 from harness.sweep.launch import load_profile, render_sbatch
@@ -30,8 +31,7 @@ from harness.sweep.study import default_storage
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("python -m harness.sweep", __doc__)
     parser.add_argument("spec", type=Path, help="sweep spec YAML, e.g. sweeps/ablation.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the trial plan; launch nothing")
     parser.add_argument("--out", help="output dir (default: the spec's out, else outputs/<name>)")
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                              "worker here (needs tracking.mode=online and a W&B login)")
     parser.add_argument("--count", type=int, help="--engine wandb: at most this many trials in this worker")
     parser.add_argument("--sweep-id", help="--engine wandb: join this existing W&B sweep instead of creating one")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would drown the progress bar
     overrides = list(args.set)
     for flag, key in (("out", "out"), ("launcher", "launcher.kind"), ("profile", "launcher.profile"),
                       ("storage", "storage"), ("parallelism", "launcher.parallelism")):

@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(config_parser("python -m harness.train", __doc__), RunConfig, argv)
     ensure_embedded_weights(config.model)
     record = run(config)
-    if record["status"] != "ok":
-        print(f"trial failed: {record['error']} (see {record['paths']['error']})")
+    if record.status != "ok":
+        print(f"trial failed: {record.error} (see {record.paths.error})")
         return 1
     print(format_record(record))
-    print(f"record: {record['paths']['record']}")
+    print(f"record: {record.paths.record}")
     return 0

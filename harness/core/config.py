@@ -274,3 +274,8 @@ def config_hash(config: BaseModel, length: int = 12) -> str:
     """A short stable digest of a config, used to key caches."""
     payload = json.dumps(config.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def resolve_run_dir(config: RunConfig) -> Path:
+    """The trial's directory: ``run_dir``, else runs/METHOD-DIGEST (one per distinct config)."""
+    return Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.method}-{config_hash(config)}"

@@ -29,7 +29,6 @@ class Method:
     name: str
     stages: tuple[Stage, ...]
     head: Literal["zeroshot", "linear"]  # zeroshot: rebuilt from the (fine-tuned) text encoder at evaluation
-    description: str
     loss_defaults: dict[str, float] = field(default_factory=dict)
     carot_terms: bool = False  # accepts λ_OC, λ_SD, λ_cross
 
@@ -51,16 +50,15 @@ _CONTRASTIVE = Stage("all", "contrastive")
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("zeroshot", (), "zeroshot", "the pre-trained model and its zero-shot head; no training"),
-        Method("lp", (_LINEAR_PROBE,), "linear", "linear probe on frozen image features, head initialised zero-shot"),
-        Method("ft", (_FULL_FT,), "linear", "cross-entropy fine-tuning of image encoder + zero-shot-initialised head"),
-        Method("lpft", (_LINEAR_PROBE, _FULL_FT), "linear", "linear probe (optim.lp_epochs), then full fine-tuning"),
-        Method("flyp", (_CONTRASTIVE,), "zeroshot", "FLYP: CLIP's contrastive loss on (image, class caption) pairs"),
+        Method("zeroshot", (), "zeroshot"),  # the pre-trained model and its zero-shot head; no training
+        Method("lp", (_LINEAR_PROBE,), "linear"),  # linear probe on frozen image features, head initialised zero-shot
+        Method("ft", (_FULL_FT,), "linear"),  # cross-entropy fine-tuning of image encoder + zero-shot-initialised head
+        Method("lpft", (_LINEAR_PROBE, _FULL_FT), "linear"),  # linear probe (optim.lp_epochs), then full fine-tuning
+        Method("flyp", (_CONTRASTIVE,), "zeroshot"),  # FLYP: CLIP's contrastive loss on (image, class caption) pairs
         Method(
             "carot",
             (_CONTRASTIVE,),
-            "zeroshot",
-            "CaRot: contrastive loss + orthogonality + self-distillation from an EMA teacher",
+            "zeroshot",  # CaRot: contrastive loss + orthogonality + self-distillation from an EMA teacher
             # The paper's / released ImageNet weights (lambda_OC 0.2, lambda_SD 1.5); lambda_cross is
             # 0.05 in the released script but off by default here; label smoothing off as released.
             loss_defaults={"oc_weight": 0.2, "sd_weight": 1.5, "cross_weight": 0.0, "label_smoothing": 0.0},

@@ -29,6 +29,7 @@ ImageNet's validation set; no test image's source appears in pretrain, train or 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from harness.core.config import DataConfig
 from harness.core.storage import atomic_torch_save, cache_dir
 from harness.data import captions, corruptions, sources
 from harness.data.registry import Benchmark, ImageSet, register_benchmark
+
+log = logging.getLogger(__name__)
 
 VERSION = 2  # bump whenever the generated images change (2: OOD test sets 5x larger)
 MNIST_SPLIT = {"pretrain": 150, "train": 200, "val": 50, "mnist": 100}  # per class, sums to 500
@@ -172,7 +175,7 @@ def _load_or_build(seed: int, progress: bool) -> dict[str, dict]:
     sets = build_digitshift(seed, progress)
     atomic_torch_save(sets, path)
     if progress:
-        print(f"built digitshift (seed {seed}) in {time.perf_counter() - started:.1f} s -> {path}")
+        log.info("built digitshift (seed %d) in %.1f s -> %s", seed, time.perf_counter() - started, path)
     return sets
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
 from torch.utils.data import Dataset
 
 from harness.core.errors import ConfigError
@@ -66,12 +65,10 @@ class CaptionedImages(Dataset):
     """``(image, caption, label)`` from a labelled dataset and a ``TemplateCaptions``.
 
     Keys are ``(epoch, index)`` (use ``harness.data.pipeline.EpochSampler``) or a plain index (epoch 0).
-    With ``tokenizer`` the caption comes back tokenised (``[context_length]`` long tensor), done in
-    the worker processes.
     """
 
-    def __init__(self, base: Dataset, captions: TemplateCaptions, tokenizer: Callable | None = None):
-        self.base, self.captions, self.tokenizer = base, captions, tokenizer
+    def __init__(self, base: Dataset, captions: TemplateCaptions):
+        self.base, self.captions = base, captions
 
     def __len__(self) -> int:
         return len(self.base)
@@ -79,10 +76,7 @@ class CaptionedImages(Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image, label = self.base[index]
-        caption = self.captions(epoch, index, label)
-        if self.tokenizer is not None:
-            caption = self.tokenizer([caption])[0]
-        return image, caption, label
+        return image, self.captions(epoch, index, label), label
 
 
 @dataclass
@@ -155,8 +149,8 @@ def read_caption_table(
 class CaptionFileDataset(Dataset):
     """``(transform(image), caption)`` per row of a ``CaptionTable``; an unreadable image names its table line."""
 
-    def __init__(self, table: CaptionTable, transform: Callable | None = None, tokenizer: Callable | None = None):
-        self.table, self.transform, self.tokenizer = table, transform, tokenizer
+    def __init__(self, table: CaptionTable, transform: Callable | None = None):
+        self.table, self.transform = table, transform
 
     def __len__(self) -> int:
         return len(self.table)
@@ -167,12 +161,4 @@ class CaptionFileDataset(Dataset):
         except (OSError, ValueError) as error:
             raise ConfigError(f"{self.table.source}:{self.table.lines[index]}: cannot read image "
                               f"{self.table.paths[index]} ({error.__class__.__name__})") from None
-        caption = self.table.captions[index]
-        if self.tokenizer is not None:
-            caption = self.tokenizer([caption])[0]
-        return (self.transform(image) if self.transform else image), caption
-
-
-def caption_batch(captions: Sequence[str] | torch.Tensor, tokenizer: Callable) -> torch.Tensor:
-    """Tokens of a batch of captions (no-op when the workers already tokenised them)."""
-    return captions if isinstance(captions, torch.Tensor) else tokenizer(list(captions))
+        return (self.transform(image) if self.transform else image), self.table.captions[index]

@@ -153,16 +153,6 @@ class LabelSpace:
             return out.scatter_reduce(1, owner.expand(len(logits), -1), picked, reduce="amax")
         return torch.stack([logits[:, list(group)].logsumexp(dim=1) for group in self.groups], dim=1)
 
-    def from_imagenet(self, labels: torch.Tensor) -> torch.Tensor:
-        """ImageNet-index labels -> this space's labels (every label must fall in some group)."""
-        lookup = torch.full((N_IMAGENET,), -1, dtype=torch.long)
-        for k, group in enumerate(self.groups):
-            lookup[list(group)] = k
-        mapped = lookup[labels.long().cpu()]
-        if (mapped < 0).any():
-            raise ValueError(f"labels outside the set's classes: {sorted(set(labels[mapped < 0].tolist()))[:5]}")
-        return mapped.to(labels.device)
-
 
 def project_logits(logits: torch.Tensor, dataset_or_space) -> torch.Tensor:
     """Logits over a set's own classes from 1000-way ImageNet logits (identity for full-space sets)."""
@@ -171,25 +161,14 @@ def project_logits(logits: torch.Tensor, dataset_or_space) -> torch.Tensor:
 
 
 def projected_logits_and_labels(
-    logits: torch.Tensor, dataset, labels: torch.Tensor | None = None, labels_in: str = "set"
+    logits: torch.Tensor, dataset, labels: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits over the set's K classes, labels in 0..K-1)``: what ``harness.core.metrics`` takes.
 
-    ``labels`` default to ``dataset.labels`` (already in the set's space); pass ImageNet-index
-    labels with ``labels_in="imagenet"`` to have them mapped.
+    ``labels`` (in the set's space) default to ``dataset.labels``.
     """
     space = getattr(dataset, "label_space", dataset)
-    labels = dataset.labels if labels is None else labels
-    if labels_in == "imagenet":
-        labels = space.from_imagenet(labels)
-    elif labels_in != "set":
-        raise ValueError(f"labels_in must be 'set' or 'imagenet', got {labels_in!r}")
-    return space.project(logits), labels
-
-
-def features_to_set_logits(features: torch.Tensor, head: torch.nn.Module, dataset_or_space) -> torch.Tensor:
-    """Normalised image features + a 1000-class (zero-shot) head -> logits over the set's classes."""
-    return project_logits(head(features), dataset_or_space)
+    return space.project(logits), dataset.labels if labels is None else labels
 
 
 # --------------------------------------------------------------------------- datasets

@@ -16,8 +16,8 @@ honest). The sets carry no transform until the trainer gives them the model's ow
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from array import array
 from pathlib import Path
 
@@ -41,6 +41,8 @@ from harness.data.imagenet import (
 )
 from harness.data.pipeline import default_num_workers, mix64
 from harness.data.registry import Benchmark, register_benchmark
+
+log = logging.getLogger(__name__)
 
 VAL_SPLIT_SEED = 0
 
@@ -97,7 +99,7 @@ def load_imagenet(data: DataConfig | None = None, progress: bool = True) -> Benc
         tests |= imagenet_sets(root, names=[name], num_workers=workers, **options)
     missing = [name for name in OOD_SETS if name not in found]
     if missing and progress:
-        print(f"imagenet: not found under {root}, not evaluated: {', '.join(missing)}", file=sys.stderr)
+        log.warning("imagenet: not found under %s, not evaluated: %s", root, ", ".join(missing))
     templates = list(imagenet_templates(data.templates))
     return Benchmark(
         name="imagenet", classnames=list(imagenet_classnames()), templates=templates, zeroshot_templates=templates,

@@ -98,7 +98,6 @@ def make_loader(
     device: str | torch.device | None = None,
     sampler: Sampler | None = None,
     prefetch_factor: int = 4,
-    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """A DataLoader for file-backed data.
 
@@ -116,7 +115,6 @@ def make_loader(
         "pin_memory": cuda,
         "drop_last": train,
         "persistent_workers": num_workers > 0,
-        "collate_fn": collate_fn,
     }
     if num_workers > 0:
         options["prefetch_factor"] = prefetch_factor

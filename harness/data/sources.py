@@ -98,7 +98,9 @@ def render_digits(labels: np.ndarray, fonts: list[Path], rng: np.random.Generato
     for label in labels:
         font_index = int(rng.integers(len(fonts)))
         point = int(rng.choice([28, 36, 48, 64]))
-        font = cache.setdefault((font_index, point), ImageFont.truetype(str(fonts[font_index]), point))
+        if (font_index, point) not in cache:
+            cache[font_index, point] = ImageFont.truetype(str(fonts[font_index]), point)
+        font = cache[font_index, point]
         stroke = int(rng.integers(0, 3)) * max(1, point // 24)
         glyph = Image.fromarray(_glyph(font, str(int(label)), stroke))
         rotated = np.asarray(glyph.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR, expand=True))

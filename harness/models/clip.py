@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from contextlib import contextmanager
 from importlib import resources
@@ -27,14 +28,32 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 PROMPT_BATCH = 1000
 
 
+class _FromPackages(logging.Filter):
+    """Log records emitted from inside ``packages`` (by file path), optionally only those starting with ``prefix``."""
+
+    def __init__(self, packages: tuple[str, ...], prefix: str = ""):
+        super().__init__()
+        self.folders = tuple(f"{os.sep}{package}{os.sep}" for package in packages)
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (any(folder in record.pathname for folder in self.folders) and record.getMessage().startswith(self.prefix))
+
+
 @contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    """Silence open_clip's root-logger messages for the duration of one call."""
-    logging.disable(logging.CRITICAL)
+def _muted(packages: tuple[str, ...], prefix: str = "") -> Iterator[None]:
+    """Drop those records for the duration of one call: on the root logger (open_clip logs there) and on its
+    handlers (other libraries' named loggers propagate to them), then restore both."""
+    muted = _FromPackages(packages, prefix)
+    root = logging.getLogger()
+    targets = [root, *root.handlers]
+    for target in targets:
+        target.addFilter(muted)
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        for target in targets:
+            target.removeFilter(muted)
 
 
 def require_known_model(name: str, pretrained: str | None = None) -> None:
@@ -90,7 +109,7 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
                                      "(harness.trial.pretrain.embedded_weights)")
     if weights is not None and not Path(weights).is_file():
         raise PretrainedWeightsError(f"{weights}: no such weights file")
-    with _quiet_open_clip():  # it warns that no weights were loaded: we load our own
+    with _muted(("open_clip",), "No pretrained weights"):  # built empty: we load our own weights next
         model = open_clip.create_model(name, pretrained=None, device=device)
     if weights is not None:
         load_weights(model, Path(weights))
@@ -100,7 +119,7 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
 def _create_from_tag(name: str, tag: str, device: str | torch.device) -> torch.nn.Module:
     """open_clip's model with the tag's weights; a failed download or load is one line that says what to do."""
     try:
-        with _quiet_open_clip():  # its log lines (and the hub's retries) would repeat the error we raise
+        with _muted(("open_clip", "huggingface_hub")):  # their lines (and retries) would repeat the error we raise
             return open_clip.create_model(name, pretrained=tag, device=device, require_pretrained=True)
     except Exception as exc:  # open_clip raises a variety of hub / file errors
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())

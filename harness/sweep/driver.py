@@ -7,12 +7,12 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from harness.core.record import TrialOutcome
 from harness.sweep.claims import (
     INTERRUPTED,
     Claim,
@@ -93,13 +93,13 @@ class Sweep:
             if trial.number not in self.mine and (result := self.launcher.adopt(trial)) is not None:
                 self._finish(study, trial.number, result)
 
-    def _finish(self, study: optuna.Study, number: int, result: dict[str, Any]) -> None:
+    def _finish(self, study: optuna.Study, number: int, result: TrialOutcome) -> None:
         """Tell the study a trial's result and append its line."""
         self._tell(study, number, result)
         self.mine.discard(number)
         self.sink.append(result_line(self.store.get(number), self.out))
 
-    def _tell(self, study: optuna.Study, number: int, result: dict[str, Any]) -> None:
+    def _tell(self, study: optuna.Study, number: int, result: TrialOutcome) -> None:
         tell_result(study, self.store, self.spec, number, result)
 
     def record_missing(self, study: optuna.Study) -> None:
@@ -141,7 +141,7 @@ class Sweep:
         except KeyboardInterrupt:
             for item in running:
                 self.launcher.cancel(item)
-                self._tell(study, item.number, {"status": "failed", "error": f"{INTERRUPTED} (Ctrl-C)"})
+                self._tell(study, item.number, TrialOutcome.failed(f"{INTERRUPTED} (Ctrl-C)"))
             bar.close()
             log.warning("interrupted: run the same command again to continue")
             return 130

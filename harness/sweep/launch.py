@@ -20,6 +20,7 @@ from pydantic import Field
 
 from harness.core.config import StrictModel, build
 from harness.core.errors import ConfigError, UsageError
+from harness.core.record import TrialOutcome
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"  # the repository's slurm/
 
@@ -99,13 +100,14 @@ def _submitit_sbatch(**parameters: Any) -> str:
 class TrialJob(submitit.helpers.Checkpointable):
     """The body of one job; requeued as is on preemption (the trial resumes from its run dir)."""
 
-    def __call__(self, config: dict[str, Any], study: dict[str, Any] | None, threads: int) -> dict[str, Any]:
+    def __call__(self, config: dict[str, Any], study: dict[str, Any] | None, threads: int) -> TrialOutcome:
         import torch
 
         from harness.core.config import RunConfig
         from harness.sweep.tracking import tracker_for
+        from harness.trial.callbacks import TrainCallbacks
         from harness.trial.distributed import environment_from_env
-        from harness.trial.train import TrainCallbacks, run
+        from harness.trial.train import run
 
         torch.set_num_threads(job_threads(threads))
         run_config = RunConfig.model_validate(config)
@@ -114,8 +116,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         record = run(run_config, callbacks=callbacks, progress=False, env=env)
         if env.is_main:
             callbacks.finish(record)
-        return {"status": record["status"], "summary": record.get("summary", {}), "error": record.get("error"),
-                "record": record["paths"]["record"], "log": record["paths"].get("error")}
+        return TrialOutcome.of(record)
 
 
 def threads_per_job(parallelism: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -14,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from harness.core.record import RunRecord, TrialOutcome, UnreadableRecordError
 from harness.sweep.claims import INTERRUPTED, Claim
 from harness.sweep.launch import TrialJob, make_executor, threads_per_job
 from harness.sweep.plan import Plan
@@ -76,28 +76,30 @@ class Launcher:
         return _slurm_job_gone(str(item.job.job_id))
 
     @staticmethod
-    def result(item: Running) -> dict[str, Any]:
+    def result(item: Running) -> TrialOutcome:
         """What the ended job returned, or a failure saying how the job itself died."""
         try:
             return item.job.results()[0]  # a multi-task job returns one result per task; rank 0 holds the record
         except Exception as exc:  # the job itself died (killed, out of memory, import error)
-            return {"status": "failed", "error": f"job {item.job.job_id} died: {type(exc).__name__}: {str(exc)[:300]}",
-                    "log": str(item.job.paths.stderr)}
+            return TrialOutcome.failed(f"job {item.job.job_id} died: {type(exc).__name__}: {str(exc)[:300]}",
+                                       str(item.job.paths.stderr))
 
     @staticmethod
     def cancel(item: Running) -> None:
         item.job.cancel(check=False)
 
     @staticmethod
-    def adopt(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    def adopt(trial: optuna.trial.FrozenTrial) -> TrialOutcome | None:
         """The result of a running trial that nobody will tell (its driver died and its job is over): the record its
         job left, else a failure; None while its driver or its job may still be alive."""
         if not _abandoned(trial):
             return None
         if "run_dir" not in trial.user_attrs:  # the driver died between asking and submitting: nothing ran
-            return {"status": "failed", "error": f"{INTERRUPTED} before launch"}
-        record = _read_record(Path(trial.user_attrs["run_dir"]) / "record.json")
-        return record or {"status": "failed", "error": "its driver and job died"}
+            return TrialOutcome.failed(f"{INTERRUPTED} before launch")
+        try:
+            return TrialOutcome.of(RunRecord.read(Path(trial.user_attrs["run_dir"]) / "record.json"))
+        except (FileNotFoundError, UnreadableRecordError):  # never written, or cut short with its job
+            return TrialOutcome.failed("its driver and job died")
 
 
 def _abandoned(trial: optuna.trial.FrozenTrial) -> bool:
@@ -138,10 +140,3 @@ def _slurm_job_gone(job_id: str) -> bool:
     if listed.returncode == 0:
         return listed.stdout.strip() in _SLURM_ENDED
     return "Invalid job id" in listed.stderr
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

@@ -1,4 +1,4 @@
-"""OUT/results.jsonl, one JSON line per finished trial: the only place in harness/ that writes or reads it."""
+"""OUT/results.jsonl, one typed line (``ResultLine``) per finished trial: the only place that writes or reads it."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Callable
 
 import optuna
+
+from harness.core.record import ResultLine, UnreadableRecordError
 
 RESULTS = "results.jsonl"
 
 log = logging.getLogger(__name__)
 
 
-def result_line(trial: optuna.trial.FrozenTrial, out: Path) -> dict[str, Any]:
+def result_line(trial: optuna.trial.FrozenTrial, out: Path) -> ResultLine:
     """The line of a finished trial: identity, state, objective values, summary, its record relative to ``out``."""
     attrs = trial.user_attrs
-    return {"trial": trial.number, "state": trial.state.name, "point": attrs.get("point"),
-            "params": trial.params, "seed": attrs.get("seed"),
-            "values": trial.values, "status": attrs.get("status"), "error": attrs.get("error"),
-            "summary": {k.removeprefix("summary."): v for k, v in attrs.items() if k.startswith("summary.")},
-            "record": os.path.relpath(attrs["record"], out) if attrs.get("record") else None}
+    return ResultLine(trial=trial.number, state=trial.state.name, point=attrs.get("point"), params=trial.params,
+                      seed=attrs.get("seed"), values=trial.values, status=attrs.get("status"), error=attrs.get("error"),
+                      summary={k.removeprefix("summary."): v for k, v in attrs.items() if k.startswith("summary.")},
+                      record=os.path.relpath(attrs["record"], out) if attrs.get("record") else None)
 
 
 class ResultSink:
@@ -37,15 +38,16 @@ class ResultSink:
     def __init__(self, out: Path):
         self.path = Path(out) / RESULTS
 
-    def read(self) -> list[dict[str, Any]]:
-        """Every line, oldest first; a line that is not JSON is skipped with a warning naming it."""
-        return self._parse(warn=True)
+    def read(self, problem: Callable[[str], None] = log.warning) -> list[ResultLine]:
+        """Every line, oldest first; a line that cannot be read (not JSON, another schema) is skipped, and ``problem``
+        is told which and why."""
+        return self._parse(problem)
 
     def trials(self) -> set[int]:
         """The numbers of the trials that have a line."""
-        return {line["trial"] for line in self.read() if "trial" in line}
+        return {line.trial for line in self.read()}
 
-    def append(self, line: dict[str, Any]) -> bool:
+    def append(self, line: ResultLine) -> bool:
         """Write ``line`` unless its trial has one already (False then)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as handle:
@@ -54,12 +56,12 @@ class ResultSink:
             except OSError:  # a filesystem without locks (some NFS mounts): append unlocked, as one driver does
                 pass
             self._end_on_newline(handle)
-            if any(old.get("trial") == line["trial"] for old in self._parse(warn=False)):
+            if any(old.trial == line.trial for old in self._parse(lambda _: None)):
                 return False
-            handle.write(json.dumps(line).encode() + b"\n")
+            handle.write(line.dumps().encode() + b"\n")
         return True
 
-    def _parse(self, warn: bool) -> list[dict[str, Any]]:
+    def _parse(self, problem: Callable[[str], None]) -> list[ResultLine]:
         try:
             text = self.path.read_text()
         except FileNotFoundError:
@@ -69,10 +71,9 @@ class ResultSink:
             if not line.strip():
                 continue
             try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if warn:
-                    log.warning("%s:%d: not valid JSON (%s); skipped", self.path, number, exc.msg)
+                lines.append(ResultLine.parse(line, f"{self.path}:{number}"))
+            except UnreadableRecordError as exc:
+                problem(f"{exc}; skipped")
         return lines
 
     def _end_on_newline(self, handle: IO[bytes]) -> None:

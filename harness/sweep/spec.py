@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from harness.core.config import (
     RunConfig,
     StrictModel,
+    TrackingConfig,
     apply_overrides,
     build,
     load,
@@ -79,12 +80,6 @@ class Launcher(StrictModel):
     max_retries: int = Field(2, ge=0, description="re-launches of a trial whose job died or failed")
 
 
-class Tracking(StrictModel):
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "carot-harness"
-    entity: str | None = None
-
-
 class SweepSpec(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: dict[str, Any] | str = Field(default_factory=dict, description="a run config mapping, or a YAML path")
@@ -103,7 +98,7 @@ class SweepSpec(StrictModel):
     launcher: Launcher = Launcher()
     storage: str | None = Field(None, description="null: sqlite in the output dir; journal:PATH; any SQLAlchemy URL")
     out: str | None = Field(None, description="output dir; null: outputs/<name>")
-    tracking: Tracking = Tracking()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
@@ -182,8 +177,8 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], seed: int, run_dir: Pa
     if VARIANT in params:
         overrides += spec.variants[params[VARIANT]]
     overrides += [f"{key}={json.dumps(value)}" for key, value in params.items() if key != VARIANT]
-    overrides += [f"seed={seed}", f"run_dir={run_dir}", f"tracking.mode={spec.tracking.mode}",
-                  f"tracking.project={spec.tracking.project}", f"tracking.entity={json.dumps(spec.tracking.entity)}"]
+    overrides += [f"seed={seed}", f"run_dir={run_dir}"]
+    overrides += [f"tracking.{key}={json.dumps(value)}" for key, value in spec.tracking.model_dump().items()]
     if spec.pruner.name != "none":
         overrides.append("eval.every_epoch=true")  # the pruner reads per-epoch validation values
     data = apply_overrides(_base_data(spec, folder), overrides)

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from harness.core.errors import UsageError
+from harness.core.record import TrialOutcome
 from harness.sweep.spec import SweepSpec
 
 # What defines a sweep's trials; a study of the same name with another digest is a clash.
@@ -116,21 +117,20 @@ class TrialStore:
         self.storage.set_trial_user_attr(self.trial_id(number), key, value)
 
 
-def tell_result(study: optuna.Study, store: TrialStore, spec: SweepSpec, number: int, result: dict[str, Any]) -> None:
+def tell_result(study: optuna.Study, store: TrialStore, spec: SweepSpec, number: int, result: TrialOutcome) -> None:
     """Finish trial ``number`` with a job's result: its status, record, error, log and summary as user attributes,
     then complete (with the objectives' values), pruned or failed."""
-    attrs = {"status": result["status"], "record": result.get("record") or result.get("paths", {}).get("record"),
-             "error": result.get("error"), "log": result.get("log"),
-             **{f"summary.{k}": v for k, v in result.get("summary", {}).items()}}
+    attrs = {"status": result.status, "record": result.record, "error": result.error, "log": result.log,
+             **{f"summary.{k}": v for k, v in result.summary.items()}}
     for key, value in attrs.items():
         store.set_user_attr(number, key, value)
-    if result["status"] == "ok":
+    if result.status == "ok":
         try:
-            study.tell(number, objective_values(spec, result["summary"]), skip_if_finished=True)
+            study.tell(number, objective_values(spec, result.summary), skip_if_finished=True)
             return
         except KeyError as exc:
             store.set_user_attr(number, "error", str(exc))
-    state = optuna.trial.TrialState.PRUNED if result["status"] == "pruned" else optuna.trial.TrialState.FAIL
+    state = optuna.trial.TrialState.PRUNED if result.status == "pruned" else optuna.trial.TrialState.FAIL
     study.tell(number, state=state, skip_if_finished=True)
 
 

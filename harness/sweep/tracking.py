@@ -11,9 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness.core.config import RunConfig, flatten
+from harness.core.config import RunConfig, flatten, resolve_run_dir
+from harness.core.record import RunRecord
 from harness.sweep.pruning import StudyPruner
-from harness.trial.train import TrainCallbacks, TrialPruned, resolve_run_dir
+from harness.trial.callbacks import TrainCallbacks, TrialPruned
 
 _BIN_COLUMNS = ("lower", "upper", "count", "confidence", "accuracy")
 
@@ -34,17 +35,17 @@ class TrialCallbacks(TrainCallbacks):
         if self.pruner is not None and self.pruner.should_stop(epoch, metrics[self.prune_metric]):
             raise TrialPruned(f"pruned at epoch {epoch}")
 
-    def finish(self, record: dict[str, Any]) -> None:
+    def finish(self, record: RunRecord) -> None:
         if self.wandb_run is None:
             return
-        self.wandb_run.summary.update({"status": record["status"], **record.get("summary", {})})
+        self.wandb_run.summary.update({"status": record.status, **record.summary})
         import wandb
 
-        for name, report in record.get("tests", {}).items():
-            bins = report["reliability"]
-            table = wandb.Table(columns=list(_BIN_COLUMNS), data=[list(row) for row in zip(*(bins[k] for k in _BIN_COLUMNS))])
-            self.wandb_run.log({f"reliability/{name}": table, f"test/{name}/acc": report["acc"],
-                                f"test/{name}/ece": report["ece"]})
+        for name, report in record.tests.items():
+            bins = report.reliability
+            table = wandb.Table(columns=list(_BIN_COLUMNS), data=[list(row) for row in zip(*(getattr(bins, k) for k in _BIN_COLUMNS))])
+            self.wandb_run.log({f"reliability/{name}": table, f"test/{name}/acc": report.acc,
+                                f"test/{name}/ece": report.ece})
         self.wandb_run.finish()
 
 

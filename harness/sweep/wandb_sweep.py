@@ -15,11 +15,14 @@ Schema facts, from the installed wandb package (0.31) and W&B's docs page "Sweep
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core.errors import ConfigError, UsageError
 from harness.sweep.spec import Space, SweepSpec, point_key, run_slug, trial_config
+
+log = logging.getLogger(__name__)
 
 SEED = "seed"  # the sweep parameter that carries the trial's seed
 _METHODS = {"grid": "grid", "random": "random", "tpe": "bayes"}
@@ -110,8 +113,8 @@ class AgentTrial:
         config = trial_config(self.spec, params, seed, self.out / "runs" / run_slug(params, seed), self.folder)
         result = TrialJob()(config.model_dump(mode="json"), {"sweep": self.spec.name, "wandb_dir": str(self.out)},
                             threads_per_job(1))
-        if result["status"] != "ok":
-            self.failures.append(f"{key}: {result['status']} {result.get('error') or ''} [record: {result['record']}]")
+        if result.status != "ok":
+            self.failures.append(f"{key}: {result.status} {result.error or ''} [record: {result.record}]")
 
 
 def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None = None,
@@ -130,7 +133,7 @@ def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None 
 
     out.mkdir(parents=True, exist_ok=True)
     if spec.pruner.name != "none":
-        print(f"note: pruner {spec.pruner.name} is not applied by --engine wandb")
+        log.warning("pruner %s is not applied by --engine wandb", spec.pruner.name)
     if sweep_id is None:
         sweep_id = wandb.sweep(config, entity=spec.tracking.entity, project=spec.tracking.project)
     if count is None and spec.sampler.name != "grid":
@@ -138,6 +141,6 @@ def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None 
     trial = AgentTrial(spec, folder, out)
     wandb.agent(sweep_id, function=trial, entity=spec.tracking.entity, project=spec.tracking.project, count=count)
     if trial.failures:
-        print("failed trials: " + "; ".join(trial.failures))
+        log.error("failed trials: %s", "; ".join(trial.failures))
         return 1
     return 0

@@ -12,7 +12,6 @@ run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derive
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import statistics
@@ -29,11 +28,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 import harness
-from harness.core.config import LossConfig, RunConfig, config_hash
+from harness.core.config import LossConfig, RunConfig, config_hash, resolve_run_dir
 from harness.core.errors import UsageError
 from harness.core.methods import METHODS, Stage
 from harness.core.metrics import CalibrationUncertainty, embedding_spectrum
-from harness.core.storage import atomic_torch_save, atomic_write_json
+from harness.core.record import SCHEMA, RunRecord
+from harness.core.storage import atomic_torch_save
 from harness.core.summary_keys import has_teacher, teacher_evaluated
 from harness.data import Benchmark, load_benchmark, require_known_benchmark
 from harness.data.pipeline import clip_preprocess
@@ -47,6 +47,7 @@ from harness.models.clip import (
     visual_projection,
 )
 from harness.trial.batches import TrainBatch, training_batches
+from harness.trial.callbacks import TrainCallbacks, TrialPruned
 from harness.trial.compute import autocast, check_precision, grad_scaler, resolve_device
 from harness.trial.distributed import (
     SINGLE_PROCESS,
@@ -78,30 +79,9 @@ from harness.trial.optim import cosine_with_warmup, decay_groups, set_learning_r
 from harness.trial.posthoc import fit_temperature, interpolate_weights
 from harness.trial.pretrain import embedded_weights
 
-SCHEMA = 2  # 2: per-set ECE intervals and noise floors, id/ood NLL and Brier, sigma_min_rel, ema_period_steps
-RunRecord = dict[str, Any]  # the JSON of record.json; every key is documented in docs/record.md
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the trial stops and is recorded as failed."""
-
-
-class TrialPruned(Exception):
-    """Raised by a callback (e.g. an Optuna pruner) to stop a trial early; recorded as status 'pruned'."""
-
-
-class TrainCallbacks:
-    """Hooks for trackers and pruners; the default does nothing. ``on_epoch`` may raise to stop a trial."""
-
-    def on_step(self, step: int, losses: dict[str, float], lr: float) -> None:
-        pass
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        pass
-
-
-def resolve_run_dir(config: RunConfig) -> Path:
-    return Path(config.run_dir) if config.run_dir else Path("runs") / f"{config.method}-{config_hash(config)}"
 
 
 def _seed_everything(seed: int) -> None:
@@ -538,7 +518,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _base_record(config: RunConfig, run_dir: Path) -> RunRecord:
+def _base_record(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "status": "running",
@@ -557,10 +537,10 @@ def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
     path = run_dir / "record.json"
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    if record.get("config_digest") != config_hash(config):
-        raise UsageError(f"{run_dir} holds another trial (config digest {record.get('config_digest')}); use another run_dir")
-    return record if record.get("status") == "ok" else None
+    record = RunRecord.read(path)
+    if record.config_digest != config_hash(config):
+        raise UsageError(f"{run_dir} holds another trial (config digest {record.config_digest}); use another run_dir")
+    return record if record.status == "ok" else None
 
 
 def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bool = True,
@@ -594,7 +574,7 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
 
 
 def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
-                      progress: bool, env: DistributedEnvironment, device: torch.device, record: RunRecord) -> RunRecord:
+                      progress: bool, env: DistributedEnvironment, device: torch.device, record: dict[str, Any]) -> RunRecord:
     trainer = Trainer(config, benchmark, run_dir, callbacks, env, device)
     started = time.perf_counter()
     try:
@@ -602,23 +582,20 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
         trainer.train(progress)
         train_seconds = time.perf_counter() - started
         if not env.is_main:
-            return record | {"status": "ok"}
+            return RunRecord.model_validate(record | {"status": "ok"})
         evaluation = evaluate_trial(trainer)
         paths = _save_weights(trainer, run_dir)
     except UsageError:
         raise
     except TrialPruned:
-        record |= {"status": "pruned", "pruned_at_step": trainer.step, "history": trainer.history}
-        if env.is_main:
-            atomic_write_json(record, run_dir / "record.json")
-        return record
+        return _written(RunRecord.model_validate(record | {"status": "pruned", "pruned_at_step": trainer.step,
+                                                          "history": trainer.history}), env)
     except Exception as exc:  # the trial failed; say why, keep the checkpoint for a later resume
         record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "failed_at_step": trainer.step}
         if env.is_main:
             (run_dir / "error.txt").write_text(traceback.format_exc())
             record["paths"]["error"] = str(run_dir / "error.txt")
-            atomic_write_json(record, run_dir / "record.json")
-        return record
+        return _written(RunRecord.model_validate(record), env)
     step_seconds = trainer.step_seconds
     record |= evaluation | {
         "status": "ok",
@@ -632,8 +609,15 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
         },
     }
     record["paths"] |= paths
-    atomic_write_json(record, run_dir / "record.json")
+    finished = _written(RunRecord.model_validate(record), env)
     trainer.checkpoint_path.unlink(missing_ok=True)  # the final weights supersede it
+    return finished
+
+
+def _written(record: RunRecord, env: DistributedEnvironment) -> RunRecord:
+    """Rank 0 writes the record; every rank returns it."""
+    if env.is_main:
+        record.write(Path(record.paths.record))
     return record
 
 
@@ -648,8 +632,9 @@ def _save_weights(trainer: Trainer, run_dir: Path) -> dict[str, str]:
 
 def format_record(record: RunRecord) -> str:
     """The result table of a finished trial (student; teacher and temperature-scaled ECE when present)."""
-    lines = [format_table(record["tests"], record["id_test"])]
-    summary = record["summary"]
+    lines = [format_table({name: report.model_dump(exclude_none=True) for name, report in record.tests.items()},
+                           record.id_test)]
+    summary = record.summary
     lines.append(
         f"summary: val acc {summary['val_acc']:.2%} | ID acc {summary['id_acc']:.2%} ECE {summary['id_ece']:.4f}"
         f" | OOD acc {summary['ood_acc']:.2%} ECE {summary['ood_ece']:.4f} | sigma_min_rel {summary['sigma_min_rel']:.3g}"
