@@ -7,11 +7,12 @@ from harness.data.registry import (
     ImageSet,
     available_benchmarks,
     benchmark_version,
+    known_train_size,
     load_benchmark,
     register_benchmark,
     require_known_benchmark,
 )
 
 __all__ = [
-    "Benchmark", "ImageSet", "available_benchmarks", "benchmark_version", "load_benchmark", "register_benchmark", "require_known_benchmark",
+    "Benchmark", "ImageSet", "available_benchmarks", "benchmark_version", "known_train_size", "load_benchmark", "register_benchmark", "require_known_benchmark",
 ]

@@ -179,7 +179,7 @@ def _load_or_build(seed: int, progress: bool) -> dict[str, dict]:
     return sets
 
 
-@register_benchmark("digitshift", version=VERSION)
+@register_benchmark("digitshift", version=VERSION, train_size=MNIST_SPLIT["train"] * len(captions.DIGIT_NAMES))
 def load_digitshift(seed: int = 0, progress: bool = True, data: DataConfig | None = None) -> Benchmark:
     """The digitshift benchmark; built on first use and cached under the harness cache dir.
 

@@ -88,13 +88,18 @@ class Benchmark:
 
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
 _VERSIONS: dict[str, int] = {}
+_TRAIN_SIZES: dict[str, int] = {}
 
 
-def register_benchmark(name: str, version: int = 1) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
-    """Register a loader; ``version`` changes whenever what it serves changes (caches built on it key on it)."""
+def register_benchmark(name: str, version: int = 1, train_size: int | None = None
+                       ) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
+    """Register a loader; ``version`` changes whenever what it serves changes (caches built on it key on it);
+    ``train_size``: the training set's size when it is fixed (what a dry run needs to count steps without data)."""
     def decorate(loader: Callable[..., Benchmark]) -> Callable[..., Benchmark]:
         _REGISTRY[name] = loader
         _VERSIONS[name] = version
+        if train_size is not None:
+            _TRAIN_SIZES[name] = train_size
         return loader
 
     return decorate
@@ -103,6 +108,12 @@ def register_benchmark(name: str, version: int = 1) -> Callable[[Callable[..., B
 def benchmark_version(name: str) -> int:
     require_known_benchmark(name)
     return _VERSIONS[name]
+
+
+def known_train_size(name: str) -> int | None:
+    """The training set's size when the benchmark fixes it (embedded ones), else None (it depends on the data read)."""
+    require_known_benchmark(name)
+    return _TRAIN_SIZES.get(name)
 
 
 def available_benchmarks() -> list[str]:

@@ -24,6 +24,7 @@ from harness.sweep.claims import (
 )
 from harness.sweep.launcher import Launcher, Running
 from harness.sweep.plan import Plan
+from harness.sweep.preview import describe
 from harness.sweep.sink import ResultSink, result_line
 from harness.sweep.spec import SweepSpec
 from harness.sweep.study import TrialStore, open_storage, open_study, tell_result
@@ -51,7 +52,8 @@ class Sweep:
         return self.plan.total()
 
     def describe(self) -> str:
-        return self.plan.describe(self.storage)
+        """What the dry run prints: the base configuration, each variant's changes, resources and points."""
+        return describe(self.plan, self.storage)
 
     def check_processes(self, processes: int) -> None:
         self.plan.check_processes(processes)

@@ -1,0 +1,77 @@
+"""What a dry run shows before any work: the resolved base configuration, each variant's changes, the resources."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from harness.core.config import RunConfig, flatten
+from harness.core.methods import METHODS
+from harness.data import known_train_size
+from harness.sweep.launch import load_profile, threads_per_job
+from harness.sweep.plan import Plan
+from harness.sweep.spec import VARIANT
+
+# Keys that differ between the trials of one variant, or say nothing about what trains.
+_PER_TRIAL = ("seed", "run_dir", "tracking.")
+
+
+def _flat(config: RunConfig) -> dict[str, Any]:
+    return {key: value for key, value in flatten(config.model_dump(mode="json")).items() if not key.startswith(_PER_TRIAL)}
+
+
+def _steps(config: RunConfig) -> str:
+    """Optimizer steps per epoch and in all, when the training set's size is known without reading the data."""
+    size = known_train_size(config.data.benchmark)
+    method = METHODS[config.method]
+    if not method.trains:
+        return "no training"
+    epochs = sum(config.optim.lp_epochs if stage.trains == "head" and len(method.stages) > 1 else config.optim.epochs
+                 for stage in method.stages)
+    if size is None:
+        return f"{epochs} epochs x (training images / {config.optim.batch_size}), known once the data is read"
+    per_epoch = size // config.optim.batch_size
+    return f"{per_epoch:,} per epoch ({size:,} training images / batch {config.optim.batch_size}) x {epochs} epochs = {per_epoch * epochs:,}"
+
+
+def describe_base(config: RunConfig) -> list[str]:
+    model, data, optim = config.model, config.data, config.optim
+    root = f", data root {data.root}" if data.root else ""
+    return [
+        f"  model {model.name}, weights {model.pretrained}, benchmark {data.benchmark}{root}",
+        f"  method {config.method}, epochs {optim.epochs}, batch {optim.batch_size}, lr {optim.lr:g}, "
+        f"weight decay {optim.weight_decay:g}, warmup {optim.warmup_steps} steps",
+        f"  precision {config.compute.precision}, device {config.compute.device}",
+    ]
+
+
+def describe_resources(plan: Plan) -> str:
+    launcher = plan.spec.launcher
+    if launcher.kind != "slurm":
+        return (f"  {launcher.kind}: {launcher.parallelism} trial(s) at once on this machine, one process each, "
+                f"{threads_per_job(launcher.parallelism)} of its {os.cpu_count()} CPU threads per trial")
+    p = load_profile(launcher.profile or "")
+    processes = f"{p.tasks_per_node} processes (DDP)" if p.tasks_per_node > 1 else "1 process"
+    return (f"  slurm profile {launcher.profile}: per trial {processes}, {p.gpus_per_node} GPU(s), {p.cpus_per_task} CPUs "
+            f"per process, {p.mem_gb} GB, time limit {p.timeout_min} min (requeued up to {p.max_timeouts} times); "
+            f"{launcher.parallelism} trial(s) at once")
+
+
+def describe(plan: Plan, storage: str) -> str:
+    """The base configuration every trial starts from, what each variant changes, the points and the resources."""
+    spec = plan.spec
+    base = plan.config({}, spec.seeds[0], plan.out)
+    lines = ["base configuration:", *describe_base(base)]
+    variants = VARIANT in spec.search and spec.search[VARIANT].grid
+    if not variants:
+        lines.append(f"  steps: {_steps(base)}")
+    else:
+        lines.append("variants (changes from the base):")
+        flat_base = _flat(base)
+        for name in spec.search[VARIANT].grid:
+            config = plan.config({VARIANT: name}, spec.seeds[0], plan.out)
+            changes = {key: value for key, value in _flat(config).items() if flat_base.get(key) != value}
+            shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "none"
+            lines.append(f"  {name}: {shown}; steps: {_steps(config)}")
+    lines += ["resources:", describe_resources(plan), "", plan.describe(storage)]
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""The dry run tells what will run: resolved model, weights, data, steps, precision and resources, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.commands.sweep import main as sweep_main
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def test_the_imagenet_dry_run_names_what_each_trial_will_use(capsys, tmp_path):
+    assert sweep_main([str(SWEEPS / "imagenet_ablation.yaml"), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "model ViT-B-16-quickgelu, weights openai, benchmark imagenet, data root /path/to/datasets" in out
+    assert "epochs 10, batch 512, lr 1e-05" in out and "precision bf16" in out
+    assert "carot: method=carot, loss.label_smoothing=0.1, loss.oc_weight=0.2, loss.sd_weight=1.5, loss.cross_weight=0.05" in out
+    assert "slurm profile gpu-1: per trial 1 process, 1 GPU(s), 12 CPUs per process, 64 GB, time limit 480 min" in out
+    assert "#SBATCH --gpus-per-node=1" in out  # and the script submitit would submit
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_the_digitshift_dry_run_counts_steps_from_the_real_training_set(digitshift, capsys, tmp_path):
+    assert sweep_main([str(SWEEPS / "ablation.yaml"), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    per_epoch = len(digitshift.train) // 64  # the ablation's batch
+    assert f"ft: method=ft; steps: {per_epoch} per epoch ({len(digitshift.train):,} training images / batch 64) " \
+           f"x 8 epochs = {per_epoch * 8}" in out
+    assert "zeroshot: none; steps: no training" in out
+    assert "local: 2 trial(s) at once on this machine" in out
