@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import Results
-from analysis.style import COLUMN_WIDTH, colour, figure_legend, plt, styled
+from analysis.style import COLUMN_WIDTH, figure_legend, plt, styled
 from analysis.tables import t_halfwidth
+from harness.core.plots import colour
 
 
 @styled

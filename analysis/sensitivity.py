@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.style import COLUMN_WIDTH, colour, plt, styled
+from analysis.style import COLUMN_WIDTH, plt, styled
 from analysis.tables import t_halfwidth
+from harness.core.plots import colour
 
 SD, LS, PERIOD = "loss.sd_weight", "loss.label_smoothing", "ema.period"
 SENSITIVITY_KEYS = (SD, LS, PERIOD)

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.style import COLUMN_WIDTH, PALETTE, colour, figure_legend, plt, styled
+from analysis.style import COLUMN_WIDTH, figure_legend, plt, styled
 from analysis.tables import t_halfwidth
+from harness.core.plots import PALETTE, colour
 
 LABELS = {
     "sigma_min_rel": r"$D\,\sigma_{\min} / \mathrm{tr}\,\Sigma$ (ID embeddings)",

@@ -8,9 +8,8 @@ from typing import Callable, ParamSpec
 
 import matplotlib.pyplot as plt
 
-# Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
-# Yellow last: it is the hardest to see on white.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+from harness.core.plots import PALETTE
+
 COLUMN_WIDTH = 3.4  # inches, one column of a two-column paper
 
 STYLE = {
@@ -28,10 +27,6 @@ def styled(make: Callable[P, plt.Figure]) -> Callable[P, plt.Figure]:
         with plt.rc_context(STYLE):
             return make(*args, **kwargs)
     return with_style
-
-
-def colour(index: int) -> str:
-    return PALETTE[index % len(PALETTE)]
 
 
 def save(figure: plt.Figure, out: Path, name: str) -> list[Path]:

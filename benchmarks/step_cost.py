@@ -3,18 +3,24 @@
     python benchmarks/step_cost.py [--model digit-vit-xs] [--batch-size 64] [--steps 30] [--warmup 5]
     python benchmarks/step_cost.py --model ViT-B-16-quickgelu --batch-size 128 --device cuda --precision bf16
 
-Both trainers are built in one process and their steps alternate, so machine noise hits both
-alike. A step is everything the trainer does per batch (captions, forward, backward, AdamW,
-and for CaRot the teacher's no-grad forward, the OC and cross terms and the EMA update when due).
+The two configs are the ``flyp`` and ``carot`` rows of sweeps/ablation.yaml (its base, its λs and
+its EMA period, 2% of the ablation's steps), with the model, batch size, device and precision given
+here. Both trainers are built in one process and their steps alternate, so machine noise hits both
+alike. A step is everything the trainer does per batch (captions, forward, backward, AdamW, and for
+CaRot the teacher's no-grad forward, the OC term and the EMA update when due). ``teacher_image_s``
+times the teacher's no-grad image forward alone on CaRot's batches: the part of CaRot's extra cost
+that no bookkeeping can remove, so the floor of the ratio is 1 + teacher_image_s / flyp_step_s.
 Models are randomly initialised. The digit-* models train on digitshift's images; any other model
 on random images at its own input size (what a step costs does not depend on the pixels).
-Prints medians and images/s and, as the last line, one JSON object with flyp_step_s, carot_step_s, ratio.
+Prints medians and images/s and, as the last line, one JSON object with flyp_step_s,
+carot_step_s, teacher_image_s and ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -23,12 +29,17 @@ from pathlib import Path
 import open_clip
 import torch
 
-from harness.core.config import load_run_config
+from harness.core.config import RunConfig, apply_overrides, build
 from harness.data import Benchmark, ImageSet, load_benchmark
+from harness.models.clip import encode_images
+from harness.sweep.spec import VARIANT, load_spec, trial_config
 from harness.trial.callbacks import TrainCallbacks
-from harness.trial.compute import resolve_device
+from harness.trial.compute import autocast, resolve_device
 from harness.trial.distributed import SINGLE_PROCESS
 from harness.trial.train import Trainer
+
+log = logging.getLogger("step_cost")
+ABLATION = Path(__file__).resolve().parent.parent / "sweeps" / "ablation.yaml"
 
 
 def random_images(model: str, batches: int, batch_size: int) -> Benchmark:
@@ -40,20 +51,50 @@ def random_images(model: str, batches: int, batch_size: int) -> Benchmark:
     return Benchmark("random", names, ["a photo of {}."], ["a photo of {}."], None, train, train, {"random": train}, "random")
 
 
-def build(method: str, args: argparse.Namespace, run_dir: Path, extra: list[str]) -> Trainer:
-    config = load_run_config(None, [f"method={method}", f"model.name={args.model}", "model.pretrained=null",
-                                    f"optim.batch_size={args.batch_size}", f"compute.device={args.device}",
-                                    f"compute.precision={args.precision}", *extra])
+def ablation_config(variant: str, args: argparse.Namespace, run_dir: Path) -> RunConfig:
+    """The ablation's ``variant`` row (first seed) with this benchmark's model, batch size, device and precision."""
+    spec = load_spec(ABLATION)
+    params = {VARIANT: variant}
+    config = trial_config(spec, params, spec.seeds_for(params)[0], run_dir / variant, ABLATION.parent)
+    data = apply_overrides(config.model_dump(mode="json"), [
+        f"model.name={args.model}", "model.pretrained=null", f"optim.batch_size={args.batch_size}",
+        f"compute.device={args.device}", f"compute.precision={args.precision}"])
+    return build(RunConfig, data, source=f"{ABLATION.name} {variant}")
+
+
+def build_trainer(config: RunConfig, args: argparse.Namespace) -> Trainer:
     if args.model.startswith("digit-"):
         benchmark = load_benchmark(config.data.benchmark)
     else:
         benchmark = random_images(args.model, args.warmup + args.steps, args.batch_size)
-    return Trainer(config, benchmark, run_dir, TrainCallbacks(), device=resolve_device(config.compute, SINGLE_PROCESS))
+    return Trainer(config, benchmark, Path(config.run_dir), TrainCallbacks(),
+                   device=resolve_device(config.compute, SINGLE_PROCESS))
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_step(trainer: Trainer, stage, optimizer: torch.optim.Optimizer) -> float:
+    """Seconds of one training step, the device synchronised on both sides."""
+    trainer.model.train()
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    trainer.train_step(stage, optimizer, trainer.step, trainer.total_steps)
+    synchronize(trainer.device)
+    return time.perf_counter() - started
+
+
+def timed_teacher_images(trainer: Trainer, step: int) -> float:
+    """Seconds of the teacher's no-grad image forward on the batch of ``step``, as the CaRot step runs it."""
+    images = trainer.batches.at(step).images
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    with autocast(trainer.config.compute, trainer.device), torch.inference_mode():
+        encode_images(trainer.teacher.model, images)
+    synchronize(trainer.device)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -65,36 +106,34 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {
-            "flyp": build("flyp", args, Path(tmp), []),
-            # the released weights (λ_OC 0.2, λ_SD 1.5, λ_cross 0.05); an EMA update every 5th step
-            "carot": build("carot", args, Path(tmp), ["loss.cross_weight=0.05", "ema.period=5"]),
-        }
+        trainers = {name: build_trainer(ablation_config(name, args, Path(tmp)), args) for name in ("flyp", "carot")}
+        carot = trainers["carot"]
+        log.info("carot: λ_OC %g, λ_SD %g, λ_cross %g, EMA period %d of %d steps", carot.config.loss.oc_weight,
+                 carot.config.loss.sd_weight, carot.config.loss.cross_weight, carot.ema_period, carot.total_steps)
         stages = {name: trainer.method.stages[0] for name, trainer in trainers.items()}
         optimizers = {name: trainer.make_optimizer(stages[name]) for name, trainer in trainers.items()}
-        samples: dict[str, list[float]] = {name: [] for name in trainers}
+        samples: dict[str, list[float]] = {name: [] for name in (*trainers, "teacher_image")}
         for step in range(args.warmup + args.steps):
-            for name, trainer in trainers.items():
-                trainer.model.train()
-                synchronize(trainer.device)
-                started = time.perf_counter()
-                trainer.train_step(stages[name], optimizers[name], trainer.step, trainer.total_steps)
-                synchronize(trainer.device)
-                if step >= args.warmup:
-                    samples[name].append(time.perf_counter() - started)
-        device = trainers["flyp"].device
-    flyp, carot = statistics.median(samples["flyp"]), statistics.median(samples["carot"])
+            times = {name: timed_step(trainer, stages[name], optimizers[name]) for name, trainer in trainers.items()}
+            times["teacher_image"] = timed_teacher_images(carot, step)
+            if step >= args.warmup:
+                for name, seconds in times.items():
+                    samples[name].append(seconds)
+        device = carot.device
+    flyp, carot_s, teacher = (statistics.median(samples[name]) for name in ("flyp", "carot", "teacher_image"))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"model {args.model}, batch {args.batch_size}, {args.precision}, {where}: median of {args.steps} steps each "
-          f"after {args.warmup} warm-up")
-    print(f"flyp  {flyp * 1000:.1f} ms/step  {args.batch_size / flyp:.1f} images/s")
-    print(f"carot {carot * 1000:.1f} ms/step  {args.batch_size / carot:.1f} images/s  (ratio {carot / flyp:.3f})")
+    log.info("model %s, batch %d, %s, %s: median of %d steps each after %d warm-up", args.model, args.batch_size,
+             args.precision, where, args.steps, args.warmup)
+    log.info("flyp  %.1f ms/step  %.1f images/s", flyp * 1000, args.batch_size / flyp)
+    log.info("carot %.1f ms/step  %.1f images/s  (ratio %.3f; floor 1 + teacher image forward %.1f ms = %.3f)",
+             carot_s * 1000, args.batch_size / carot_s, carot_s / flyp, teacher * 1000, 1 + teacher / flyp)
     print(json.dumps({"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "device": where,
-                      "precision": args.precision, "flyp_step_s": round(flyp, 5), "carot_step_s": round(carot, 5),
-                      "flyp_images_s": round(args.batch_size / flyp, 1), "carot_images_s": round(args.batch_size / carot, 1),
-                      "ratio": round(carot / flyp, 3)}))
+                      "precision": args.precision, "flyp_step_s": round(flyp, 5), "carot_step_s": round(carot_s, 5),
+                      "teacher_image_s": round(teacher, 5), "flyp_images_s": round(args.batch_size / flyp, 1),
+                      "carot_images_s": round(args.batch_size / carot_s, 1), "ratio": round(carot_s / flyp, 3)}))
 
 
 if __name__ == "__main__":

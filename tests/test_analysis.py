@@ -10,8 +10,8 @@ from analysis import tables
 from analysis.comparison import pareto_mask
 from analysis.figures import main as figures_main
 from analysis.load import NoResultsError, load
-from analysis.reliability import pooled_bins
 from analysis.spectrum import correlations
+from harness.core.plots import pooled_bins
 from harness.core.record import RunRecord
 
 SETS = ["val", "mnist", "uci", "rendered"]

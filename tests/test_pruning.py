@@ -2,9 +2,10 @@ import optuna
 
 from harness.core.config import load_run_config
 from harness.core.record import TrialOutcome
+from harness.sweep.context import PruningContext
 from harness.sweep.driver import Sweep
 from harness.sweep.pruning import StudyPruner
-from harness.sweep.spec import SweepSpec
+from harness.sweep.spec import Pruner, SweepSpec
 from harness.sweep.study import tell_result
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
 from harness.trial.train import run
@@ -23,8 +24,8 @@ def test_multi_objective_median_rule(tmp_path):
         trial.set_user_attr("epoch_val_acc.2", value)
         study.tell(trial, [value, 0.1])
     number = study.ask().number
-    pruner = StudyPruner({"name": "p", "storage": storage, "trial_number": number, "prune_metric": "val_acc",
-                          "prune_warmup": 1})
+    pruner = StudyPruner(PruningContext(storage=storage, study="p", trial_number=number,
+                                      pruner=Pruner(name="median", metric="val_acc", warmup_epochs=1)))
     assert not pruner.should_stop(1, 0.1)  # warm-up epoch: never
     assert pruner.should_stop(2, 0.5)  # below the median 0.85 of the others
     assert not pruner.should_stop(2, 0.86)
@@ -38,8 +39,8 @@ def test_single_objective_uses_the_optuna_pruner(tmp_path):
         trial.report(value, 1)
         study.tell(trial, value)
     number = study.ask().number
-    pruner = StudyPruner({"name": "p", "storage": storage, "trial_number": number, "prune_metric": "val_acc",
-                          "pruner": "median", "prune_warmup": 0})
+    pruner = StudyPruner(PruningContext(storage=storage, study="p", trial_number=number,
+                                      pruner=Pruner(name="median", metric="val_acc", warmup_epochs=0)))
     assert pruner.should_stop(1, 0.5)  # Optuna's median pruner: below the median 0.85 of 5 finished trials
     assert study.trials[-1].intermediate_values == {1: 0.5}
 

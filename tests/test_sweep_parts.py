@@ -14,12 +14,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from harness.core.record import ResultLine, RunRecord, TrialOutcome
+from harness.sweep.context import PruningContext
 from harness.sweep.driver import Sweep
 from harness.sweep.launcher import Launcher
 from harness.sweep.plan import Plan
 from harness.sweep.pruning import StudyPruner
 from harness.sweep.sink import RESULTS, ResultSink, result_line
-from harness.sweep.spec import SweepSpec
+from harness.sweep.spec import Pruner, SweepSpec
 from harness.sweep.study import make_pruner, tell_result
 
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "harness" / "sweep"
@@ -147,8 +148,8 @@ def test_the_job_pruner_decides_as_optunas_trial_api(tmp_path, name):
         if side == "trial_api":
             decisions.append([_report(trial, epoch, value) for epoch, value in enumerate(_JUDGED, start=1)])
         else:
-            pruner = StudyPruner({"name": "twin", "storage": storage, "trial_number": trial.number,
-                                  "prune_metric": "val_acc", "pruner": name, "prune_warmup": 1})
+            pruner = StudyPruner(PruningContext(storage=storage, study="twin", trial_number=trial.number,
+                                      pruner=Pruner(name=name, metric="val_acc", warmup_epochs=1)))
             decisions.append([pruner.should_stop(epoch, value) for epoch, value in enumerate(_JUDGED, start=1)])
         assert optuna.load_study(study_name="twin", storage=storage).trials[-1].intermediate_values == \
             dict(enumerate(_JUDGED, start=1))
@@ -160,8 +161,8 @@ def test_the_job_pruner_keeps_the_first_value_of_an_epoch_reported_twice(tmp_pat
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
     number = study.ask().number
-    pruner = StudyPruner({"name": "p", "storage": storage, "trial_number": number, "prune_metric": "val_acc",
-                          "pruner": "median", "prune_warmup": 0})
+    pruner = StudyPruner(PruningContext(storage=storage, study="p", trial_number=number,
+                                      pruner=Pruner(name="median", metric="val_acc", warmup_epochs=0)))
     pruner.should_stop(1, 0.5)
     pruner.should_stop(1, 0.9)  # a requeued job repeating epoch 1
     assert study.trials[-1].intermediate_values == {1: 0.5}

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.config import load_run_config
+from harness.sweep.context import TrialContext
 from harness.sweep.tracking import tracker_for
 from harness.trial.train import run
 
@@ -22,7 +23,7 @@ def _leet(path: Path, *flags: str) -> str:
 def test_offline_wandb_run_holds_the_logged_metrics(digitshift, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     config = load_run_config(None, [*FAST, f"run_dir={tmp_path / 'run'}"])
-    callbacks = tracker_for(config, {"sweep": "unit", "wandb_dir": str(tmp_path)})
+    callbacks = tracker_for(config, TrialContext(sweep="unit", wandb_dir=str(tmp_path), variant="flyp+LS"))
     record = run(config, callbacks=callbacks, progress=False)
     callbacks.finish(record)
     files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -35,6 +36,22 @@ def test_offline_wandb_run_holds_the_logged_metrics(digitshift, tmp_path, monkey
     state = json.loads(_leet(files[0], "--summary"))
     assert state["state"] == "finished" and state["run_id"] == run_id
     assert state["summary"]["val_acc"] == pytest.approx(record.summary["val_acc"])
-    assert state["summary"]["epoch/val_acc"] == pytest.approx(record.history[-1].val_acc)
+    # the best validation value summarises the epoch series (W&B's default would be the last)
+    assert state["summary"]["epoch/val_acc"] == {"max": pytest.approx(max(h.val_acc for h in record.history))}
+    assert state["summary"]["epoch/val_nll"] == {"min": pytest.approx(min(h.val_nll for h in record.history))}
+    # every chart's x-axis is the optimizer step; the tests are logged at the last one
+    metrics = [r["metric"] for r in records if r.get("type") == "metric"]
+    assert {"name": "optimizer_step", "options": {"defined": True}} in metrics
+    assert {m.get("glob_name"): m.get("step_metric") for m in metrics if "glob_name" in m} == {
+        "train/*": "optimizer_step", "epoch/*": "optimizer_step", "test/*": "optimizer_step", "reliability*": "optimizer_step"}
+    last = [r["history"]["item"] for r in records if r.get("type") == "history"][-1]
+    assert last["optimizer_step"] == record.timings.steps == 20 and last["test/mnist/ece"] == pytest.approx(record.tests["mnist"].ece)
+    run_info = next(r["run"] for r in records if r.get("type") == "run")
+    assert run_info["tags"] == ["flyp", "flyp+LS"] and run_info["run_group"] == "unit"
+    # reliability diagrams of validation, ID and every OOD set, and the spectrum, as images
+    media = files[0].parent / "files" / "media" / "images"
+    diagrams = {path.name.split("_")[0] for path in (media / "reliability_diagram").glob("*.png")}
+    assert diagrams == set(record.tests) and len(list(media.glob("spectrum_*.png"))) == 1
+    assert state["summary"]["spectrum"]["width"] > 0
     assert state["config"]["method"] == "flyp" and state["config"]["loss.label_smoothing"] == 0
     assert "api_key" not in files[0].read_bytes().decode("latin-1").lower()

@@ -21,6 +21,7 @@ from pydantic import Field
 from harness.core.config import StrictModel, build
 from harness.core.errors import ConfigError, UsageError
 from harness.core.record import TrialOutcome
+from harness.sweep.context import TrialContext
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"  # the repository's slurm/
 
@@ -100,7 +101,7 @@ def _submitit_sbatch(**parameters: Any) -> str:
 class TrialJob(submitit.helpers.Checkpointable):
     """The body of one job; requeued as is on preemption (the trial resumes from its run dir)."""
 
-    def __call__(self, config: dict[str, Any], study: dict[str, Any] | None, threads: int) -> TrialOutcome:
+    def __call__(self, config: dict[str, Any], context: TrialContext | None, threads: int) -> TrialOutcome:
         import torch
 
         from harness.core.config import RunConfig
@@ -112,7 +113,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         torch.set_num_threads(job_threads(threads))
         run_config = RunConfig.model_validate(config)
         env = environment_from_env()  # several tasks per job: one trial over all of them (submitit returns task 0's)
-        callbacks = tracker_for(run_config, study) if env.is_main else TrainCallbacks()
+        callbacks = tracker_for(run_config, context) if env.is_main else TrainCallbacks()
         record = run(run_config, callbacks=callbacks, progress=False, env=env)
         if env.is_main:
             callbacks.finish(record)

@@ -15,8 +15,10 @@ import optuna
 
 from harness.core.record import RunRecord, TrialOutcome, UnreadableRecordError
 from harness.sweep.claims import INTERRUPTED, Claim
+from harness.sweep.context import PruningContext, TrialContext
 from harness.sweep.launch import TrialJob, make_executor, threads_per_job
 from harness.sweep.plan import Plan
+from harness.sweep.spec import VARIANT
 
 _QUEUE_CHECK_SECONDS = 10.0
 _SLURM_ENDED = ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -51,11 +53,11 @@ class Launcher:
         for claim in claims:
             config = self.plan.config(claim.params, claim.seed, claim.run_dir)
             claim.trial.set_user_attr("run_dir", str(claim.run_dir))
-            study_info = {"name": spec.name, "storage": self.storage, "trial_number": claim.trial.number,
-                          "sweep": spec.name, "wandb_dir": str(self.plan.out),
-                          "prune_metric": spec.pruner.metric if spec.pruner.name != "none" else None,
-                          "pruner": spec.pruner.name, "prune_warmup": spec.pruner.warmup_epochs}
-            submissions.append((config.model_dump(mode="json"), study_info))
+            pruning = None if spec.pruner.name == "none" else PruningContext(
+                storage=self.storage, study=spec.name, trial_number=claim.trial.number, pruner=spec.pruner)
+            context = TrialContext(sweep=spec.name, wandb_dir=str(self.plan.out), variant=claim.params.get(VARIANT),
+                                   pruning=pruning)
+            submissions.append((config.model_dump(mode="json"), context))
         threads = threads_per_job(spec.launcher.parallelism)
         wave = self._executor.batch() if spec.launcher.kind == "slurm" and len(submissions) > 1 else nullcontext()
         with wave:

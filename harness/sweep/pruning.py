@@ -11,26 +11,26 @@ value after ``warmup_epochs`` is worse than the median of the other trials at th
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 import optuna
 
+from harness.sweep.context import PruningContext
 from harness.sweep.study import TrialStore, make_pruner, open_storage
 
 _MIN_OTHERS = 2  # the median of fewer trials says nothing
 
 
 class StudyPruner:
-    """The pruning side of one running trial (``study``: name, storage, trial_number, prune_metric, pruner, prune_warmup)."""
+    """The pruning side of one running trial."""
 
-    def __init__(self, study: dict[str, Any]):
-        self.warmup = study.get("prune_warmup", 1)
-        self.pruner = make_pruner(study.get("pruner", "median"), self.warmup)
-        backend = open_storage(study["storage"])
-        self.study = optuna.load_study(study_name=study["name"], storage=backend, pruner=self.pruner)
-        self.storage, self.number = backend, study["trial_number"]
-        self.trial_id = TrialStore(backend, study["name"]).trial_id(self.number)
-        self.metric, self.maximize = study["prune_metric"], study["prune_metric"] == "val_acc"
+    def __init__(self, context: PruningContext):
+        self.warmup = context.pruner.warmup_epochs
+        self.pruner = make_pruner(context.pruner.name, self.warmup)
+        backend = open_storage(context.storage)
+        self.study = optuna.load_study(study_name=context.study, storage=backend, pruner=self.pruner)
+        self.storage, self.number = backend, context.trial_number
+        self.trial_id = TrialStore(backend, context.study).trial_id(self.number)
+        self.metric, self.maximize = context.pruner.metric, context.pruner.metric == "val_acc"
 
     def should_stop(self, epoch: int, value: float) -> bool:
         """Report ``value`` for ``epoch``; True when the trial should stop."""

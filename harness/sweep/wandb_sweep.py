@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core.errors import ConfigError, UsageError
-from harness.sweep.spec import Space, SweepSpec, point_key, run_slug, trial_config
+from harness.sweep.context import TrialContext
+from harness.sweep.spec import (
+    VARIANT,
+    Space,
+    SweepSpec,
+    point_key,
+    run_slug,
+    trial_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +119,8 @@ class AgentTrial:
             run.finish()
             return
         config = trial_config(self.spec, params, seed, self.out / "runs" / run_slug(params, seed), self.folder)
-        result = TrialJob()(config.model_dump(mode="json"), {"sweep": self.spec.name, "wandb_dir": str(self.out)},
-                            threads_per_job(1))
+        context = TrialContext(sweep=self.spec.name, wandb_dir=str(self.out), variant=params.get(VARIANT))
+        result = TrialJob()(config.model_dump(mode="json"), context, threads_per_job(1))
         if result.status != "ok":
             self.failures.append(f"{key}: {result.status} {result.error or ''} [record: {result.record}]")
 
