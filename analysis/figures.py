@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="sweep output dirs, dirs holding record.json files, Optuna storage "
                         "URLs (sqlite:///outputs/x/study.db) or wandb:ENTITY/PROJECT")
     parser.add_argument("--out", type=Path, default=Path("figures"), help="where to write figures and tables")
+    parser.add_argument("--wandb", action="store_true", help="also log the report as one W&B run of job_type analysis in "
+                        "the sweep's group, with the project, entity and mode (offline by default) the trials used")
     args = parse_args(parser, argv)
     matplotlib.use("Agg")  # files only, on machines with or without a display
     try:
@@ -191,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     for title, reason in report.skipped:
         print(f"skipped {title}: {reason}")
     print(f"index: {args.out / 'report.md'}")
+    if args.wandb:
+        from analysis.wandb_run import log_report, tracking_of
+
+        group = str(results.trials["sweep"].iloc[0])
+        print(f"W&B analysis run: {log_report(results, report, group, tracking_of(results))}")
     return 0
 
 

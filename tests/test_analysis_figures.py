@@ -202,3 +202,39 @@ def test_report_on_the_ablation_skips_sensitivity_with_reasons_and_shows_the_sta
     rows = [line for line in report.split("## Results table")[1].splitlines() if line.startswith("| ")]
     assert "±" not in next(r for r in rows if r.startswith("| zeroshot |"))  # one trial: the value only
     assert next(r for r in rows if r.startswith("| flyp |")).count("±") == 8
+
+
+def _leet_records(path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wandb = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb), "leet", "inspect", "--json", str(path)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_the_wandb_analysis_run_holds_the_table_figures_and_report(ablation, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root, results = ablation
+    out = tmp_path / "figures"
+    assert figures_main([str(root), "--out", str(out), "--wandb"]) == 0
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1  # the trials' own tracking mode (offline by default)
+    records = _leet_records(runs[0])
+    run = next(r["run"] for r in records if r.get("type") == "run")
+    assert run["job_type"] == "analysis" and run["run_group"] == "ablation" and run["display_name"] == "ablation-analysis"
+    logged = {key for r in records if r.get("type") == "history" for key in r["history"]["item"]}
+    assert {"results._type", "paired._type", "figures/headline._type", "figures/reliability._type"} <= logged
+    table = next(runs[0].parent.glob("files/media/table/results_*.table.json"))
+    import json
+
+    logged_table = json.loads(table.read_text())
+    rows = {(row[0], row[1]): float(row[2]) for row in logged_table["data"]}
+    carot = results.trials[results.trials["variant"] == "carot"]
+    assert rows[("carot", "ID acc")] == pytest.approx(100 * carot["id_acc"].mean())  # the mean over its seeds
+    assert (next(iter(runs[0].parent.glob("files/media/images/figures/headline_*.png")))).stat().st_size > 1000
+    artifacts = [r for r in records if r.get("type") == "artifact"]
+    assert any("report.md" in json.dumps(a) for a in artifacts)

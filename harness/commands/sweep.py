@@ -22,11 +22,16 @@ from pathlib import Path
 import optuna
 import yaml
 
+# the entry point, not the driver, reads the results: the sweep library never imports analysis/
+from analysis.figures import build_report
+from analysis.load import NoResultsError, load
+from analysis.tables import console_report
+from analysis.wandb_run import log_report
 from harness.core.cli import command_parser, parse_args
 from harness.core.errors import ConfigError
 from harness.sweep.driver import Sweep
 from harness.sweep.launch import load_profile, render_sbatch
-from harness.sweep.spec import load_spec
+from harness.sweep.spec import SweepSpec, load_spec
 from harness.sweep.study import default_storage
 
 
@@ -75,9 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     status = sweep.run()
     if status != 130:
-        # the entry point, not the driver, reads the results: the sweep library never imports analysis/
-        from analysis.tables import console_report
-
         print(console_report(out))
+        if spec.tracking.mode != "disabled":
+            _log_analysis_run(spec, out)
         print(f"figures: python -m analysis.figures {out} --out {out / 'figures'}")
     return status
+
+
+def _log_analysis_run(spec: SweepSpec, out: Path) -> None:
+    """The sweep's W&B group gets one analysis run with the results table, the figures and report.md."""
+    try:
+        results = load([out])
+    except NoResultsError:
+        return  # console_report has said why
+    report = build_report(results, out / "figures")
+    print(f"W&B analysis run: {log_report(results, report, spec.name, spec.tracking)}")
