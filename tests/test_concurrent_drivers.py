@@ -106,6 +106,7 @@ def test_racing_claimers_sample_exactly_n_trials_per_seed(tmp_path, shared_stora
     assert len(trials) == 10 and sorted(map(sorted, seeds_by_lr.values())) == [[0, 1]] * 5
 
 
+@pytest.mark.slow
 def test_two_sweep_drivers_share_a_study_end_to_end(tmp_path, shared_storage, private_cache):
     path = _write_spec(tmp_path, shared_storage, search={"method": {"grid": ["flyp", "ft"]}})
     drivers = _start(["-m", "harness.sweep", str(path), "--out", str(tmp_path / "out{i}")], tmp_path, 2)

@@ -17,6 +17,8 @@ from harness.commands.sweep import main as sweep_main
 from harness.core.config import RunConfig
 from harness.trial.train import run
 
+pytestmark = pytest.mark.slow  # a real SLURM cluster: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

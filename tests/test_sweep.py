@@ -95,6 +95,7 @@ def finished_sweep(tmp_path_factory, private_cache):
     return tmp_path, path
 
 
+@pytest.mark.slow
 def test_local_sweep_end_to_end(finished_sweep):
     tmp_path, _ = finished_sweep
     out = tmp_path / "out"
@@ -107,6 +108,7 @@ def test_local_sweep_end_to_end(finished_sweep):
         assert record["summary"]["val_acc"] == line["summary"]["val_acc"]
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_sweep_repeats_nothing(finished_sweep, capsys):
     tmp_path, path = finished_sweep
     out = tmp_path / "out"
@@ -116,6 +118,7 @@ def test_rerunning_a_finished_sweep_repeats_nothing(finished_sweep, capsys):
     assert any(line.startswith("flyp ") for line in printed) and any(line.startswith("ECE noise floor") for line in printed)
 
 
+@pytest.mark.slow
 def test_a_different_sweep_under_the_same_name_is_refused(finished_sweep, capsys):
     tmp_path, path = finished_sweep
     data = yaml.safe_load(path.read_text())
@@ -130,6 +133,7 @@ def test_a_different_sweep_under_the_same_name_is_refused(finished_sweep, capsys
     assert len(_results(tmp_path / "out")) == 2
 
 
+@pytest.mark.slow
 def test_failing_trial_is_recorded_retried_and_named(tmp_path, caplog):
     torch.manual_seed(0)
     model, _ = create_model("digit-vit-t", None)
@@ -148,6 +152,7 @@ def test_failing_trial_is_recorded_retried_and_named(tmp_path, caplog):
     assert "failed trials: trial" in caplog.text
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     path = _spec(tmp_path, name="killed", search={"method": {"grid": ["flyp", "ft", "lp"]}},
                  launcher={"kind": "local", "parallelism": 1})
@@ -170,6 +175,7 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     assert states.count("COMPLETE") == 3
 
 
+@pytest.mark.slow
 def test_sampled_points_run_once_per_seed(tmp_path):
     path = _spec(tmp_path, name="sampled", search={"optim.lr": {"low": 1e-5, "high": 1e-3, "log": True}},
                  base={**TINY, "method": "ft"}, sampler={"name": "random", "seed": 3}, n_trials=2, seeds=[0, 1])
@@ -194,6 +200,7 @@ def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path, monkeypatch):
         make_executor("slurm", tmp_path, 2, "local")
 
 
+@pytest.mark.slow
 def test_resume_after_a_driver_died_between_enqueueing_asking_and_submitting(tmp_path):
     from harness.sweep.driver import Sweep
     from harness.sweep.study import open_study

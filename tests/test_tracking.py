@@ -20,6 +20,7 @@ def _leet(path: Path, *flags: str) -> str:
                           timeout=120, check=True).stdout
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_the_logged_metrics(digitshift, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     config = load_run_config(None, [*FAST, f"run_dir={tmp_path / 'run'}"])
@@ -55,3 +56,41 @@ def test_offline_wandb_run_holds_the_logged_metrics(digitshift, tmp_path, monkey
     assert state["summary"]["spectrum"]["width"] > 0
     assert state["config"]["method"] == "flyp" and state["config"]["loss.label_smoothing"] == 0
     assert "api_key" not in files[0].read_bytes().decode("latin-1").lower()
+
+
+class _FakeRun:
+    """What TrialCallbacks needs of a W&B run, recording what it is given."""
+
+    def __init__(self):
+        self.logged, self.summary, self.finished = [], {}, False
+
+    def log(self, values):
+        self.logged.append(values)
+
+    def finish(self):
+        self.finished = True
+
+
+def test_the_final_step_logs_every_sets_metrics_and_diagrams_and_the_spectrum():
+    import wandb
+    from test_record import _record
+
+    from harness.core.record import RunRecord
+    from harness.sweep.tracking import STEP, TrialCallbacks
+
+    record = RunRecord.model_validate(_record(timings={"train_s": 1.0, "eval_s": 1.0, "steps": 40, "step_s_median": 0.1}))
+    run = _FakeRun()
+    callbacks = TrialCallbacks(run)
+    for step in range(12):
+        callbacks.on_step(step, {"loss": 1.0 / (step + 1)}, 1e-3)
+    assert [values[STEP] for values in run.logged] == [0, 5, 10]  # every fifth optimizer step
+    assert run.logged[1]["train/loss"] == pytest.approx(1 / 6)
+    callbacks.finish(record)
+    final = run.logged[-1]
+    assert final[STEP] == 40  # the tests sit at the last optimizer step, not one step per set
+    for name, report in record.tests.items():
+        assert isinstance(final[f"reliability_diagram/{name}"], wandb.Image)
+        assert isinstance(final[f"reliability/{name}"], wandb.Table)
+        assert final[f"test/{name}/ece"] == report.ece and final[f"test/{name}/brier"] == report.brier
+    assert isinstance(final["spectrum"], wandb.Image)
+    assert run.summary == {"status": "ok", **record.summary} and run.finished
