@@ -176,3 +176,20 @@ def test_sweep_modules_never_import_commands_or_analysis():
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             assert not [n for n in names if n.startswith(("harness.commands", "analysis"))], f"{path.name}: {names}"
+
+
+def test_the_progress_line_counts_running_failed_and_retried_points():
+    from harness.sweep.claims import point_states, progress
+
+    def trial(point, state, **attrs):
+        return create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,
+                            user_attrs={"point": point, **attrs})
+
+    trials = [trial("a", TrialState.COMPLETE),                      # done at once
+              trial("b", TrialState.FAIL, error="boom"), trial("b", TrialState.COMPLETE),  # retried, then done
+              trial("c", TrialState.FAIL, error="x"), trial("c", TrialState.FAIL, error="y"),  # failed for good (1 retry)
+              trial("d", TrialState.FAIL, error="boom"), trial("d", TrialState.RUNNING),  # retrying now
+              trial("e", TrialState.FAIL, error="interrupted (Ctrl-C)"), trial("e", TrialState.RUNNING)]  # not a failure
+    counts = progress(point_states(trials), retries=1)
+    assert (counts.settled, counts.running, counts.failed, counts.retried) == (3, 2, 1, 2)
+    assert counts.line() == "running 2, failed 1, retried 2"

@@ -114,6 +114,26 @@ class PointState:
         return self.done or self.failures > retries
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What the progress line counts, over every driver sharing the study."""
+
+    settled: int  # points with nothing more to run
+    running: int  # points waiting or running somewhere
+    failed: int  # points that failed more often than launcher.max_retries allows
+    retried: int  # points with a failed attempt that were (or are being) tried again
+
+    def line(self) -> str:
+        return f"running {self.running}, failed {self.failed}, retried {self.retried}"
+
+
+def progress(states: dict[str, PointState], retries: int) -> Progress:
+    failed = sum(1 for s in states.values() if not s.done and s.failures > retries)
+    return Progress(settled=sum(1 for s in states.values() if s.done or (s.settled(retries) and not s.active)),
+                    running=sum(1 for s in states.values() if s.active), failed=failed,
+                    retried=sum(1 for s in states.values() if s.failures > 0) - failed)
+
+
 def point_states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, PointState]:
     states: dict[str, PointState] = {}
     for trial in sorted(trials, key=lambda t: t.number):

@@ -21,6 +21,7 @@ from harness.sweep.claims import (
     failed_points,
     next_claim,
     point_states,
+    progress,
 )
 from harness.sweep.launcher import Launcher, Running
 from harness.sweep.plan import Plan
@@ -157,13 +158,11 @@ class Sweep:
         return 0
 
     def _show(self, bar: tqdm, study: optuna.Study) -> None:
-        """Points settled anywhere (this driver or another one sharing the study) and the running best."""
-        retries = self.spec.launcher.max_retries
-        states = point_states(study.get_trials(deepcopy=False))
-        settled = sum(1 for s in states.values() if s.done or (s.settled(retries) and not s.active))
-        if settled != bar.n:
-            bar.n = min(settled, bar.total)
-            bar.set_postfix_str(self._best(study))
+        """Points settled anywhere (this driver or another one sharing the study), running, failed and retried ones,
+        and the best objective so far."""
+        counts = progress(point_states(study.get_trials(deepcopy=False)), self.spec.launcher.max_retries)
+        bar.n = min(counts.settled, bar.total)
+        bar.set_postfix_str(f"{counts.line()}, {self._best(study)}")
 
     def _best(self, study: optuna.Study) -> str:
         complete_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
