@@ -168,16 +168,6 @@ def test_the_job_pruner_keeps_the_first_value_of_an_epoch_reported_twice(tmp_pat
     assert study.trials[-1].intermediate_values == {1: 0.5}
 
 
-def test_sweep_modules_never_import_commands_or_analysis():
-    for path in sorted(SWEEP_DIR.glob("*.py")):
-        if path.name == "__main__.py":  # `python -m harness.sweep` runs the command
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-            assert not [n for n in names if n.startswith(("harness.commands", "analysis"))], f"{path.name}: {names}"
-
-
 def test_the_progress_line_counts_running_failed_and_retried_points():
     from harness.sweep.claims import point_states, progress
 
