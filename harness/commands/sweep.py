@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(console_report(out))
         if spec.tracking.mode != "disabled":
             _log_analysis_run(spec, out)
-        print(f"figures: python -m analysis.figures {out} --out {out / 'figures'}")
+        else:
+            print(f"figures: python -m analysis.figures {out} --out {out / 'figures'}")
     return status
 
 
@@ -94,4 +95,5 @@ def _log_analysis_run(spec: SweepSpec, out: Path) -> None:
     except NoResultsError:
         return  # console_report has said why
     report = build_report(results, out / "figures")
+    print(f"figures and report: {report.out / 'report.md'}")
     print(f"W&B analysis run: {log_report(results, report, spec.name, spec.tracking)}")
