@@ -36,7 +36,7 @@ from harness.sweep.spec import VARIANT, load_spec, trial_config
 from harness.trial.callbacks import TrainCallbacks
 from harness.trial.compute import autocast, resolve_device
 from harness.trial.distributed import SINGLE_PROCESS
-from harness.trial.train import Trainer
+from harness.trial.trainer import Trainer
 
 log = logging.getLogger("step_cost")
 ABLATION = Path(__file__).resolve().parent.parent / "sweeps" / "ablation.yaml"

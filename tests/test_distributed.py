@@ -35,7 +35,7 @@ from harness.trial.distributed import (
     init_process_group,
     local_rows,
 )
-from harness.trial.train import Trainer
+from harness.trial.trainer import Trainer
 
 BATCH = 8
 # float32 throughout; the two computations differ only in summation order (DDP's all-reduce, the

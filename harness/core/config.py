@@ -174,12 +174,19 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
+        method = METHODS[self.method]
         if self.ema.m_src > self.ema.m_tar:
             raise ValueError(f"ema.m_src ({self.ema.m_src}) must not exceed ema.m_tar ({self.ema.m_tar})")
-        if not METHODS[self.method].carot_terms:
+        if not method.carot_terms:
             for term in CAROT_TERMS:
                 if getattr(self.loss, term):
                     raise ValueError(f"loss.{term} applies only to method carot (method is {self.method})")
+        if self.data.captions is not None and method.trains and (
+                not method.contrastive_only or self.loss.same_class_positives):
+            raise ValueError(f"data.captions: a caption table has no class labels, which {self.method}"
+                             f"{' with loss.same_class_positives' if self.loss.same_class_positives else ''} needs")
+        if self.compute.precision == "fp16" and self.compute.device == "cpu":  # with auto, the device decides at run time
+            raise ValueError("compute.precision=fp16 needs a CUDA device (compute.device is cpu); use bf16 or fp32")
         return self
 
 

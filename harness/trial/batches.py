@@ -12,13 +12,14 @@
   random crops are drawn afresh.
 
 Every rank gets the whole batch's labels (same-class targets need them; -1 for a caption table,
-which has no classes) and only its own images and captions.
+which has no classes) and only its own images and captions. ``CaptionTokens`` turns the captions
+into what the text towers encode: each distinct caption once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +44,36 @@ class TrainBatch:
     images: torch.Tensor  # this process's rows, on the device
     labels: torch.Tensor  # the whole batch's labels, in rank order, on the device
     captions: list[str]  # this process's rows' captions
+
+
+@dataclass
+class Captions:
+    """A batch's captions as the text towers see them: each distinct caption once."""
+
+    texts: list[str]  # the distinct captions, in order of first appearance
+    tokens: torch.Tensor  # their tokens, one row each, on the device
+    index: torch.Tensor  # per image, the row of its caption
+
+
+class CaptionTokens:
+    """Tokenises a batch's distinct captions, each caption tokenised once per trial.
+
+    Identical captions are encoded once (exact: rows of a batch are independent), which the
+    template captions of a class-labelled batch make frequent.
+    """
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], device: torch.device):
+        self.tokenizer, self.device = tokenizer, device
+        self._tokens: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> Captions:
+        texts = list(dict.fromkeys(captions))
+        missing = [caption for caption in texts if caption not in self._tokens]
+        if missing:
+            self._tokens.update(zip(missing, self.tokenizer(missing)))
+        position = {caption: i for i, caption in enumerate(texts)}
+        tokens = torch.stack([self._tokens[caption] for caption in texts]).to(self.device)
+        return Captions(texts, tokens, torch.tensor([position[c] for c in captions], device=self.device))
 
 
 class BatchSource(Protocol):

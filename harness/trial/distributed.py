@@ -149,6 +149,19 @@ def gather_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def wrap_for_training(model: torch.nn.Module, env: DistributedEnvironment, device: torch.device) -> torch.nn.Module:
+    """The module to run the training forward through: ``model`` itself, or in a multi-process trial its
+    ``DistributedDataParallel`` wrapper, which averages the gradients over the processes in backward.
+
+    Call it once what is trained requires grad (and nothing else does): DDP registers those parameters.
+    """
+    if not env.is_distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def local_rows(n: int, env: DistributedEnvironment) -> slice:
     """This rank's contiguous share of a batch of ``n`` rows (``n`` divisible by the world size)."""
     if n % env.world_size:

@@ -1,0 +1,231 @@
+"""The training of one trial: a model, its data and an optimizer built from the config, and the loop.
+
+``Trainer`` runs the method's stages step by step. Each step's batch and captions follow from
+(seed, step) alone (``harness.trial.batches``) and the checkpoint holds everything else that
+changes, so a run resumed from ``RUN_DIR/checkpoint.pt`` continues exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.core.config import RunConfig, config_hash
+from harness.core.errors import UsageError
+from harness.core.methods import METHODS, Stage
+from harness.core.storage import atomic_torch_save
+from harness.core.summary_keys import has_teacher
+from harness.data import Benchmark
+from harness.models.clip import classifier_head, create_model
+from harness.trial.batches import CaptionTokens, training_batches
+from harness.trial.callbacks import TrainCallbacks, TrialPruned
+from harness.trial.compute import autocast, grad_scaler
+from harness.trial.distributed import (
+    SINGLE_PROCESS,
+    DistributedEnvironment,
+    Gather,
+    agree,
+    barrier,
+    gather_features,
+    identity,
+    wrap_for_training,
+)
+from harness.trial.ema import EMATeacher, momentum_at
+from harness.trial.evaluate import predict_logits, set_report
+from harness.trial.optim import cosine_with_warmup, decay_groups, set_learning_rate
+from harness.trial.pretrain import embedded_weights
+from harness.trial.terms import contrastive_terms, cross_entropy_terms, weighted_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the trial stops and is recorded as failed."""
+
+
+def _check_training(config: RunConfig, env: DistributedEnvironment, steps_per_epoch: int, train_size: int) -> None:
+    """What the config alone cannot tell: the batch fits the training set and splits over the processes."""
+    method, batch_size, world_size = METHODS[config.method], config.optim.batch_size, env.world_size
+    if method.trains and steps_per_epoch == 0:
+        raise UsageError(f"optim.batch_size ({batch_size}) exceeds the training set ({train_size})")
+    if env.is_distributed and batch_size % world_size:
+        raise UsageError(f"optim.batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
+    if env.is_distributed and not method.contrastive_only:
+        raise UsageError(f"multi-process training supports contrastive methods only, not {config.method}")
+
+
+def trainable_parameters(stage: Stage, model: torch.nn.Module, head: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The named parameters ``stage`` trains; they alone are left requiring grad."""
+    named_head = [(f"head.{n}", p) for n, p in head.named_parameters()]
+    if stage.trains == "head":
+        chosen = named_head
+    elif stage.trains == "image+head":
+        chosen = [(n, p) for n, p in model.named_parameters() if n.startswith("visual.")] + named_head
+    else:
+        chosen = list(model.named_parameters())
+    keep = {id(p) for _, p in chosen}
+    for param in [*model.parameters(), *head.parameters()]:
+        param.requires_grad_(id(param) in keep)
+    return chosen
+
+
+class Trainer:
+    """The state of one trial's training (model, head, teacher, optimizer, step) and its loop.
+
+    With a multi-process ``env``, each process trains on its share of every batch through a
+    ``DistributedDataParallel`` wrapper (contrastive stages only) and only the main process saves
+    checkpoints and reports to the callbacks. Model, head and teacher live on ``device``; forward
+    passes run under the configured autocast (``compute.precision``).
+    """
+
+    def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
+                 env: DistributedEnvironment = SINGLE_PROCESS, device: torch.device = torch.device("cpu")):
+        self.config, self.benchmark, self.callbacks, self.env, self.device = config, benchmark, callbacks, env, device
+        self.method = METHODS[config.method]
+        self.scaler = grad_scaler(config.compute, device)
+        self.gather: Gather = gather_features if env.is_distributed else identity
+        self.model, self.tokenizer = create_model(config.model.name, embedded_weights(config.model))
+        self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on the CPU
+        self.model.to(device)
+        self.forward: torch.nn.Module = self.model  # the DDP wrapper of a distributed contrastive stage
+        self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
+        self.teacher = EMATeacher(self.model) if has_teacher(config) else None
+        self.batches = training_batches(benchmark, config.optim.batch_size, config.seed, env, device,
+                                        config.data.num_workers)
+        self.captions = CaptionTokens(self.tokenizer, device)
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        _check_training(config, env, self.steps_per_epoch, len(benchmark.train))
+        stages, optim = self.method.stages, config.optim  # lpft: optim.lp_epochs of its LP stage first
+        self.stage_steps = [(optim.lp_epochs if len(stages) > 1 and i == 0 else optim.epochs) * self.steps_per_epoch
+                            for i in range(len(stages))]
+        self.total_steps = sum(self.stage_steps)
+        self.ema_period = config.ema.period_steps(self.total_steps)
+        self.step = 0
+        self.history: list[dict] = []
+        self.step_seconds: list[float] = []
+        self.checkpoint_path = run_dir / "checkpoint.pt"
+        self._resumed_optimizer: tuple[int, dict] | None = None
+
+    def save_checkpoint(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
+        if not self.env.is_main:  # every process holds the same state; one writer
+            return
+        atomic_torch_save({
+            "step": self.step, "config_digest": config_hash(self.config), "model": self.model.state_dict(),
+            "head": self.head.state_dict(), "teacher": self.teacher.state_dict() if self.teacher else None,
+            "stage": stage_index, "optimizer": optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "history": self.history,
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self) -> bool:
+        """Continue from the checkpoint of this config, if there is one."""
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        if state["config_digest"] != config_hash(self.config):
+            raise UsageError(f"{self.checkpoint_path} belongs to another config; use another run_dir")
+        self.model.load_state_dict(state["model"])
+        self.head.load_state_dict(state["head"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.history = state["step"], state["history"]
+        self._resumed_optimizer = (state["stage"], state["optimizer"])
+        return True
+
+    def train(self, progress: bool = True) -> None:
+        """Every stage's steps from ``self.step`` on, with per-epoch validation and checkpoints as configured."""
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.config.method,
+                   disable=not progress or not self.total_steps)
+        stage_start = 0
+        for stage_index, (stage, stage_steps) in enumerate(zip(self.method.stages, self.stage_steps)):
+            stage_end = stage_start + stage_steps
+            if self.step >= stage_end:
+                stage_start = stage_end
+                continue
+            optimizer = self.make_optimizer(stage)
+            if self._resumed_optimizer and self._resumed_optimizer[0] == stage_index:
+                optimizer.load_state_dict(self._resumed_optimizer[1])
+            self._resumed_optimizer = None
+            self.model.train()
+            while self.step < stage_end:
+                self.train_step(stage, optimizer, self.step - stage_start, stage_steps)
+                bar.update()
+                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch:
+                    self._end_epoch(self.step // self.steps_per_epoch)
+                if self.step % self.config.optim.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint(stage_index, optimizer)
+                    barrier()
+            stage_start = stage_end
+        bar.close()
+
+    def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        """AdamW over what ``stage`` trains (and nothing else requires grad)."""
+        groups = decay_groups(trainable_parameters(stage, self.model, self.head), self.config.optim.weight_decay,
+                              self.config.optim.weight_decay_on)
+        self.forward = wrap_for_training(self.model, self.env, self.device)  # after requires_grad: DDP registers them
+        return torch.optim.AdamW(groups, lr=self.config.optim.lr)
+
+    def train_step(self, stage: Stage, optimizer: torch.optim.Optimizer, stage_step: int, stage_steps: int) -> None:
+        """One optimizer step on the batch that (seed, global step) selects; advances ``self.step``."""
+        started = time.perf_counter()
+        optim, batch = self.config.optim, self.batches.at(self.step)
+        factor = cosine_with_warmup(stage_step, stage_steps, optim.warmup_steps)
+        set_learning_rate(optimizer, optim.lr, factor)
+        with autocast(self.config.compute, self.device):
+            if stage.objective == "contrastive":  # the terms of the whole batch from this process's rows of it
+                captions = self.captions(batch.captions)
+                teacher = self.teacher.model if self.teacher is not None else None
+                terms = contrastive_terms(self.forward, self.model, batch.images, captions.tokens, captions.index,
+                                          batch.labels, self.config.loss, teacher, self.gather)
+            else:  # single-process only: the local rows are the whole batch
+                terms = cross_entropy_terms(self.model, self.head, stage, batch.images, batch.labels,
+                                            self.config.loss.label_smoothing)
+        loss = weighted_loss(terms, self.config.loss)
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if optim.grad_clip:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], optim.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        if optim.logit_scale_max is not None:  # open_clip's clamp; the released CaRot code has none
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(max=math.log(optim.logit_scale_max))
+        if self.teacher is not None and (self.step + 1) % self.ema_period == 0:
+            ema = self.config.ema
+            self.teacher.update(self.model, momentum_at(self.step, self.total_steps, ema.m_src, ema.m_tar, ema.warmup))
+        self.step_seconds.append(time.perf_counter() - started)
+        self.step += 1
+        if self.env.is_main:
+            self.callbacks.on_step(self.step - 1, {k: v.item() for k, v in terms.items()} | {"loss": loss.item()},
+                                   optim.lr * factor)
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Rank 0 validates (and its callbacks may prune); every rank learns whether to stop."""
+        pruned: TrialPruned | None = None
+        if self.env.is_main:
+            head, val = self.evaluation_head(self.model), self.benchmark.val
+            report = set_report(predict_logits(self.model, head, val, self.config.eval.batch_size), val,
+                                self.config.eval.n_bins)
+            metrics = {"epoch": epoch, "step": self.step, "val_acc": report["acc"], "val_ece": report["ece"],
+                       "val_nll": report["nll"]}
+            self.history.append(metrics)
+            try:
+                self.callbacks.on_epoch(epoch, metrics)
+            except TrialPruned as exc:
+                pruned = exc
+        if agree(pruned is not None):
+            raise pruned or TrialPruned(f"pruned at epoch {epoch} (rank 0's pruner)")
+
+    def evaluation_head(self, model: torch.nn.Module) -> torch.nn.Linear:
+        """Contrastive methods re-derive the zero-shot head from their text encoder; others use the trained head."""
+        if self.method.head == "zeroshot":
+            return classifier_head(model, self.tokenizer, self.benchmark.classnames, self.benchmark.zeroshot_templates)
+        return self.head
