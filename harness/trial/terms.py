@@ -8,13 +8,16 @@ the λs, so the terms themselves can be logged unweighted.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from harness.core.config import LossConfig
 from harness.core.methods import Stage
-from harness.models.clip import encode_images, encode_texts, text_projection, visual_projection
+from harness.models.clip import encode_images, text_projection, visual_projection
 from harness.trial.distributed import Gather, identity
+from harness.trial.ema import EMATeacher
 from harness.trial.losses import (
     contrastive_loss,
     cross_norm_penalty,
@@ -31,16 +34,18 @@ def contrastive_terms(
     caption_index: torch.Tensor,
     labels: torch.Tensor,
     loss: LossConfig,
-    teacher: torch.nn.Module | None = None,
+    teacher: EMATeacher | None = None,
     gather: Gather = identity,
+    captions: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
     """The unweighted loss terms of one contrastive batch (FLYP / CaRot), over the *whole* batch.
 
-    ``images`` are this process's rows, ``tokens`` its distinct captions and ``caption_index`` each
-    image's caption among them (identical captions are encoded once: exact, rows are independent);
-    ``labels`` are the whole batch's. ``forward`` is ``model`` or its DDP wrapper (the features must
-    come from its forward for DDP to average the gradients). ``gather`` concatenates every process's
-    rows (``harness.trial.distributed.gather_features``; identity in a single process), so the logits,
+    ``images`` are this process's rows, ``tokens`` its distinct captions (``captions``, which key
+    the teacher's cached caption embeddings) and ``caption_index`` each image's caption among them
+    (identical captions are encoded once: rows are independent); ``labels`` are the whole
+    batch's. ``forward`` is ``model`` or its DDP wrapper (the features must come from its forward for
+    DDP to average the gradients). ``gather`` concatenates every process's rows
+    (``harness.trial.distributed.gather_features``; identity in a single process), so the logits,
     same-class targets and teacher logits are those of the whole batch on every process.
     """
     image_features, text_features, scale = forward(images, tokens)[:3]  # open_clip CLIP: normalised features, exp(scale)
@@ -56,12 +61,15 @@ def contrastive_terms(
     if loss.cross_weight > 0:
         terms["cross"] = cross_norm_penalty(visual_projection(model), text_projection(model))
     if teacher is not None:
+        if len(captions) != len(tokens):
+            raise ValueError(f"{len(captions)} captions for {len(tokens)} rows of tokens: the teacher keys its"
+                             " caption embeddings by caption")
         with torch.inference_mode():  # cheaper than no_grad: no version counters, no views tracked
-            teacher_images = encode_images(teacher, images)
-            teacher_texts = encode_texts(teacher, tokens)[caption_index]
+            teacher_images = encode_images(teacher.model, images)
+        teacher_texts = teacher.caption_embeddings(captions, tokens)[caption_index]
         # normal tensors, so that they can be gathered and autograd may save the logits as a target
         teacher_images, teacher_texts = gather(teacher_images.float()), gather(teacher_texts.float())
-        teacher_logits = teacher.logit_scale.exp().detach() * teacher_images @ teacher_texts.T
+        teacher_logits = teacher.model.logit_scale.exp().detach() * teacher_images @ teacher_texts.T
         student_logits = scale * image_features @ text_features.T
         terms["sd"] = distillation_loss(student_logits, student_logits.T, teacher_logits, teacher_logits.T)
     return terms

@@ -109,6 +109,10 @@ class Trainer:
         self._resumed_optimizer: tuple[int, dict] | None = None
 
     def save_checkpoint(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
+        """Rank 0 writes the state; every rank drops the teacher's cached caption embeddings, as a run resumed
+        from here starts without them, so that both encode the same captions in the same batches from here on."""
+        if self.teacher is not None:
+            self.teacher.forget_captions()
         if not self.env.is_main:  # every process holds the same state; one writer
             return
         atomic_torch_save({
@@ -178,9 +182,8 @@ class Trainer:
         with autocast(self.config.compute, self.device):
             if stage.objective == "contrastive":  # the terms of the whole batch from this process's rows of it
                 captions = self.captions(batch.captions)
-                teacher = self.teacher.model if self.teacher is not None else None
                 terms = contrastive_terms(self.forward, self.model, batch.images, captions.tokens, captions.index,
-                                          batch.labels, self.config.loss, teacher, self.gather)
+                                          batch.labels, self.config.loss, self.teacher, self.gather, captions.texts)
             else:  # single-process only: the local rows are the whole batch
                 terms = cross_entropy_terms(self.model, self.head, stage, batch.images, batch.labels,
                                             self.config.loss.label_smoothing)
