@@ -32,6 +32,7 @@ from harness.trial.distributed import (
     destroy_process_group,
     environment_from_env,
     gather_features,
+    gather_objects,
     init_process_group,
     local_rows,
 )
@@ -133,6 +134,7 @@ def _worker(out_dir: Path, gathers: list[str]) -> None:
         if "exact" in gathers:
             results["loader"] = {case: one_step(case, env, out_dir / f"run-loader-{case}-{env.rank}", source="loader")
                                  for case in CASES}
+        results["objects"] = gather_objects([f"rank {env.rank}"] * (env.rank + 1))  # e.g. the teacher's caption logs
         torch.save(results, out_dir / f"rank{env.rank}.pt")
     finally:
         destroy_process_group()
@@ -205,6 +207,12 @@ def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loa
             assert difference <= RTOL * scale + ATOL, f"{name}: max |diff| {difference:.3g} (largest entry {scale:.3g})"
     if case == "carot":
         assert expected["grads"]["visual.proj"].abs().max() > 0 and expected["losses"]["sd"] > 0
+
+
+def test_every_rank_gathers_every_ranks_objects(two_processes):
+    expected = [["rank 0"], ["rank 1", "rank 1"]]
+    assert [results["objects"] for results in two_processes] == [expected, expected]
+    assert gather_objects("alone") == ["alone"]  # no process group
 
 
 def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):

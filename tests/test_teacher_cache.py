@@ -140,6 +140,31 @@ def test_an_ema_update_or_a_checkpoint_load_drops_the_cache(models):
                                                rel=1e-5)
 
 
+def test_a_replayed_log_rebuilds_the_cache_bit_for_bit(models):
+    """What a resumed run does: the same captions encoded in the same groups give the very same rows, which
+    encoding them in other groups need not (float rounding depends on a batch's composition)."""
+    student, teacher, tokenizer = models
+    state = {name: value.clone() for name, value in teacher.state_dict().items()}
+    batches = [CaptionTokens(tokenizer, CPU)(_batch(seed, n=5)[1]) for seed in (4, 5, 6)]
+    for batch in batches:
+        teacher.caption_embeddings(batch.texts, batch.tokens)
+    log = teacher.encoded_captions()
+    seen: set[str] = set()
+    for batch, group in zip(batches, log, strict=True):  # each batch encoded its new captions, and only those
+        assert group == [caption for caption in batch.texts if caption not in seen]
+        seen |= set(batch.texts)
+
+    resumed = EMATeacher(student)  # other weights, and a cache of its own
+    resumed.caption_embeddings(batches[0].texts, batches[0].tokens)
+    resumed.load_state_dict(state)
+    resumed.replay_captions(log, lambda group: CaptionTokens(tokenizer, CPU)(group).tokens)
+    assert resumed.encoded_captions() == log
+    for batch in batches:
+        assert torch.equal(resumed.caption_embeddings(batch.texts, batch.tokens),
+                           teacher.caption_embeddings(batch.texts, batch.tokens))
+    assert resumed.encoded_captions() == log  # nothing was left to encode
+
+
 def test_the_cache_starts_again_when_full(models, monkeypatch):
     student, teacher, tokenizer = models
     encodings = _CountEncodings(monkeypatch)

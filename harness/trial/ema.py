@@ -9,14 +9,15 @@ averaged too (it averages parameters only), and the first update comes after ``p
 
 Between two updates the teacher is constant, and the fine-tuning captions are few (class names in
 templates), so the teacher's caption embeddings are computed once per caption and teacher state
-(``caption_embeddings``) instead of once per step; the trainer also drops them at each checkpoint,
-where a resumed run starts without them.
+(``caption_embeddings``) instead of once per step. A cached row can differ from one encoded in
+another batch by float rounding, so a resumed run rebuilds the cache by encoding the same captions
+in the same groups as the run it continues (``encoded_captions``, ``replay_captions``).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -45,6 +46,7 @@ class EMATeacher:
         for param in self.model.parameters():
             param.requires_grad_(False)
         self._captions: dict[str, torch.Tensor] = {}
+        self._encoded: list[list[str]] = []  # the captions of each encoding since the weights last changed
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module, momentum: float) -> None:
@@ -68,14 +70,30 @@ class EMATeacher:
             self.forget_captions()  # captions that rarely repeat (a caption table) would fill the memory
             missing = list(range(len(captions)))
         if missing:
+            group = [captions[i] for i in missing]
             with torch.inference_mode():  # cheaper than no_grad: no version counters, no views tracked
                 encoded = encode_texts(self.model, tokens if len(missing) == len(captions) else tokens[missing])
-            self._captions.update(zip((captions[i] for i in missing), encoded))
+            self._captions.update(zip(group, encoded))
+            self._encoded.append(group)
         return torch.stack([self._captions[caption] for caption in captions])
 
+    def encoded_captions(self) -> list[list[str]]:
+        """The captions encoded since the weights last changed, encoding by encoding (what a checkpoint keeps)."""
+        return [list(group) for group in self._encoded]
+
+    def replay_captions(self, groups: list[list[str]], tokenize: Callable[[list[str]], torch.Tensor]) -> None:
+        """Rebuild the cache as ``encoded_captions`` left it, bit for bit: the same captions in the same batches.
+
+        Call it under the autocast of the training step, with the weights the groups were encoded with.
+        """
+        self.forget_captions()
+        for group in groups:
+            self.caption_embeddings(group, tokenize(group))
+
     def forget_captions(self) -> None:
-        """Drop the cached caption embeddings (they are not part of the state, so a checkpoint drops them too)."""
+        """Drop the cached caption embeddings."""
         self._captions.clear()
+        self._encoded.clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

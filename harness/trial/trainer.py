@@ -31,6 +31,7 @@ from harness.trial.distributed import (
     agree,
     barrier,
     gather_features,
+    gather_objects,
     identity,
     wrap_for_training,
 )
@@ -109,17 +110,15 @@ class Trainer:
         self._resumed_optimizer: tuple[int, dict] | None = None
 
     def save_checkpoint(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
-        """Rank 0 writes the state; every rank drops the teacher's cached caption embeddings, as a run resumed
-        from here starts without them, so that both encode the same captions in the same batches from here on."""
-        if self.teacher is not None:
-            self.teacher.forget_captions()
+        """Rank 0 writes the state, with every rank's log of the teacher's caption encodings (to replay on resume)."""
+        captions = gather_objects(self.teacher.encoded_captions()) if self.teacher is not None else None
         if not self.env.is_main:  # every process holds the same state; one writer
             return
         atomic_torch_save({
             "step": self.step, "config_digest": config_hash(self.config), "model": self.model.state_dict(),
             "head": self.head.state_dict(), "teacher": self.teacher.state_dict() if self.teacher else None,
-            "stage": stage_index, "optimizer": optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "history": self.history,
+            "teacher_captions": captions, "stage": stage_index, "optimizer": optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "history": self.history,
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> bool:
@@ -133,12 +132,20 @@ class Trainer:
         self.head.load_state_dict(state["head"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
+            self._replay_teacher_captions(state.get("teacher_captions"))
         torch.set_rng_state(state["torch_rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
         self._resumed_optimizer = (state["stage"], state["optimizer"])
         return True
+
+    def _replay_teacher_captions(self, logs: list[list[list[str]]] | None) -> None:
+        """This rank's teacher caption cache as the saving run had it, so the run goes on bit for bit (a run with
+        another number of processes, or a checkpoint without the log, starts with an empty cache)."""
+        if logs is not None and len(logs) == self.env.world_size:
+            with autocast(self.config.compute, self.device):
+                self.teacher.replay_captions(logs[self.env.rank], lambda group: self.captions(group).tokens)
 
     def train(self, progress: bool = True) -> None:
         """Every stage's steps from ``self.step`` on, with per-epoch validation and checkpoints as configured."""
