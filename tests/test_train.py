@@ -248,7 +248,7 @@ def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys
     code = main([*FAST, f"model.pretrained={broken}", "method=flyp", f"run_dir={tmp_path / 'nan'}"])
     assert code == 1
     record = json.loads((tmp_path / "nan" / "record.json").read_text())
-    assert record.status == "failed" and "non-finite loss at step 0" in record.error
+    assert record["status"] == "failed" and "non-finite loss at step 0" in record["error"]
     assert "trial failed" in capsys.readouterr().out
 
 
