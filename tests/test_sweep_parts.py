@@ -183,3 +183,14 @@ def test_the_progress_line_counts_running_failed_and_retried_points():
     counts = progress(point_states(trials), retries=1)
     assert (counts.settled, counts.running, counts.failed, counts.retried) == (3, 2, 1, 2)
     assert counts.line() == "running 2, failed 1, retried 2"
+
+
+def test_the_first_result_told_wins_and_a_second_is_dropped(tmp_path):
+    spec = SweepSpec(name="twice", search={"method": {"grid": ["ft"]}})
+    sweep = Sweep(spec, tmp_path, tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}")
+    study = sweep.open_study()
+    number = study.ask().number
+    tell_result(study, sweep.store, spec, number, TrialOutcome(status="ok", summary={"val_acc": 0.7}))
+    tell_result(study, sweep.store, spec, number, TrialOutcome.failed("adopted late by another driver"))  # no error
+    trial = sweep.store.get(number)
+    assert trial.state == TrialState.COMPLETE and trial.values == [0.7] and trial.user_attrs["error"] is None

@@ -119,11 +119,17 @@ class TrialStore:
 
 def tell_result(study: optuna.Study, store: TrialStore, spec: SweepSpec, number: int, result: TrialOutcome) -> None:
     """Finish trial ``number`` with a job's result: its status, record, error, log and summary as user attributes,
-    then complete (with the objectives' values), pruned or failed."""
+    then complete (with the objectives' values), pruned or failed. The first result told wins: another driver
+    may have adopted and finished the trial already (then this one is dropped)."""
+    if store.get(number).state.is_finished():
+        return
     attrs = {"status": result.status, "record": result.record, "error": result.error, "log": result.log,
              **{f"summary.{k}": v for k, v in result.summary.items()}}
-    for key, value in attrs.items():
-        store.set_user_attr(number, key, value)
+    try:
+        for key, value in attrs.items():
+            store.set_user_attr(number, key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:  # finished by another driver between the check and now
+        return
     if result.status == "ok":
         try:
             study.tell(number, objective_values(spec, result.summary), skip_if_finished=True)
