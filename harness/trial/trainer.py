@@ -122,7 +122,7 @@ class Trainer:
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> bool:
-        """Continue from the checkpoint of this config, if there is one."""
+        """Continue from the checkpoint of this config, if there is one, exactly where it was saved."""
         if not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
@@ -130,22 +130,18 @@ class Trainer:
             raise UsageError(f"{self.checkpoint_path} belongs to another config; use another run_dir")
         self.model.load_state_dict(state["model"])
         self.head.load_state_dict(state["head"])
-        if self.teacher is not None:
+        if self.teacher is not None:  # with the caption cache the saving rank had (none after a change of world size)
             self.teacher.load_state_dict(state["teacher"])
-            self._replay_teacher_captions(state.get("teacher_captions"))
+            logs = state.get("teacher_captions")
+            if logs is not None and len(logs) == self.env.world_size:
+                with autocast(self.config.compute, self.device):
+                    self.teacher.replay_captions(logs[self.env.rank], lambda group: self.captions(group).tokens)
         torch.set_rng_state(state["torch_rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
         self._resumed_optimizer = (state["stage"], state["optimizer"])
         return True
-
-    def _replay_teacher_captions(self, logs: list[list[list[str]]] | None) -> None:
-        """This rank's teacher caption cache as the saving run had it, so the run goes on bit for bit (a run with
-        another number of processes, or a checkpoint without the log, starts with an empty cache)."""
-        if logs is not None and len(logs) == self.env.world_size:
-            with autocast(self.config.compute, self.device):
-                self.teacher.replay_captions(logs[self.env.rank], lambda group: self.captions(group).tokens)
 
     def train(self, progress: bool = True) -> None:
         """Every stage's steps from ``self.step`` on, with per-epoch validation and checkpoints as configured."""
