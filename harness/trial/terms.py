@@ -42,9 +42,9 @@ def contrastive_terms(
 
     ``images`` are this process's rows, ``tokens`` its distinct captions (``captions``, which key
     the teacher's cached caption embeddings) and ``caption_index`` each image's caption among them
-    (identical captions are encoded once: rows are independent); ``labels`` are the whole
-    batch's. ``forward`` is ``model`` or its DDP wrapper (the features must come from its forward for
-    DDP to average the gradients). ``gather`` concatenates every process's rows
+    (identical captions are encoded once: rows are independent); ``labels`` are the whole batch's.
+    ``forward`` is ``model`` or its DDP wrapper (the features must come from its forward for DDP to
+    average the gradients). ``gather`` concatenates every process's rows
     (``harness.trial.distributed.gather_features``; identity in a single process), so the logits,
     same-class targets and teacher logits are those of the whole batch on every process.
     """

@@ -125,6 +125,7 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
 def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
                       progress: bool, env: DistributedEnvironment, device: torch.device, record: dict[str, Any]) -> RunRecord:
     trainer = Trainer(config, benchmark, run_dir, callbacks, env, device)
+    # sets read from files get the model's preprocessing, known once the model is built
     benchmark.set_transforms(clip_preprocess(trainer.model, train=True), clip_preprocess(trainer.model))
     started = time.perf_counter()
     try:

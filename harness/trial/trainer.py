@@ -78,7 +78,8 @@ class Trainer:
     With a multi-process ``env``, each process trains on its share of every batch through a
     ``DistributedDataParallel`` wrapper (contrastive stages only) and only the main process saves
     checkpoints and reports to the callbacks. Model, head and teacher live on ``device``; forward
-    passes run under the configured autocast (``compute.precision``).
+    passes run under the configured autocast (``compute.precision``). Sets read from files need the
+    model's preprocessing before ``train`` (``Benchmark.set_transforms``; ``run`` sets it).
     """
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
