@@ -9,7 +9,7 @@ from harness.core.config import ComputeConfig, LossConfig
 from harness.core.errors import UsageError
 from harness.trial.compute import autocast, check_precision, resolve_device
 from harness.trial.distributed import SINGLE_PROCESS, DistributedEnvironment
-from harness.trial.train import contrastive_terms
+from harness.trial.terms import contrastive_terms
 
 CPU = torch.device("cpu")
 

@@ -190,6 +190,7 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loader_reference, two_processes):
@@ -209,12 +210,14 @@ def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loa
         assert expected["grads"]["visual.proj"].abs().max() > 0 and expected["losses"]["sd"] > 0
 
 
+@pytest.mark.slow
 def test_every_rank_gathers_every_ranks_objects(two_processes):
     expected = [["rank 0"], ["rank 1", "rank 1"]]
     assert [results["objects"] for results in two_processes] == [expected, expected]
     assert gather_objects("alone") == ["alone"]  # no process group
 
 
+@pytest.mark.slow
 def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):
     """The check above can fail: without autograd through the gather, feature gradients are 1/W too small."""
     rank0 = two_processes[0]["plain"]
@@ -231,6 +234,7 @@ def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):
 
 
 
+@pytest.mark.slow
 def test_a_two_task_submitit_job_matches_one_process(slurm_cluster, reference, tmp_path):
     """The same equivalence as a SLURM job of 2 tasks on one node: ranks and master from submitit's environment."""
     import submitit

@@ -39,6 +39,7 @@ def carot_record(digitshift, weights, tmp_path_factory):
     return run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), progress=False)
 
 
+@pytest.mark.slow
 def test_carot_record_is_complete(carot_record, digitshift):
     record = carot_record
     assert record.status == "ok" and record.schema_version == SCHEMA
@@ -74,6 +75,7 @@ def test_carot_record_is_complete(carot_record, digitshift):
     assert saved["summary"] == record.summary
 
 
+@pytest.mark.slow
 def test_temperature_scaling_keeps_accuracy(carot_record):
     scaled = carot_record.temperature_scaled
     assert scaled.temperature > 0
@@ -82,6 +84,7 @@ def test_temperature_scaling_keeps_accuracy(carot_record):
     assert scaled.tests["val"].nll <= carot_record.tests["val"].nll + 1e-9
 
 
+@pytest.mark.slow
 def test_wise_ft_endpoints(carot_record, digitshift, weights):
     start, _, end = carot_record.wise_ft
     assert end.alpha == 1.0
@@ -99,6 +102,7 @@ def _accuracy(model, head, dataset):
     return (logits.argmax(dim=1) == dataset.labels).double().mean().item()
 
 
+@pytest.mark.slow
 def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_record, digitshift, weights):
     # by hand: image tower halfway between pre-trained and fine-tuned, text tower pre-trained; the head halfway
     # between the zero-shot head (pre-trained text tower) and the head of the fine-tuned text tower
@@ -119,6 +123,7 @@ def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_reco
         assert middle.tests[name].acc == pytest.approx(_accuracy(model.eval(), head, digitshift.tests[name]), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_wise_ft_all_weights_rebuilds_the_head_from_the_blended_text_tower(carot_record, digitshift, weights, tmp_path):
     record = run(_config(weights, tmp_path / "all", *CAROT, "eval.wise_alphas=[0.5]", "eval.wise_ft=all_weights",
                          "eval.temperature_scaling=false"), progress=False)
@@ -129,6 +134,7 @@ def test_wise_ft_all_weights_rebuilds_the_head_from_the_blended_text_tower(carot
     assert record.wise_ft[0].tests["uci"].acc == pytest.approx(_accuracy(model.eval(), head, digitshift.tests["uci"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [None, 100.0])
 def test_logit_scale_moves_past_ln_100_only_without_the_clamp(weights, tmp_path, limit):
     state = _state(weights)
@@ -145,6 +151,7 @@ def test_logit_scale_moves_past_ln_100_only_without_the_clamp(weights, tmp_path,
         assert 90 < scale <= 100.0 * (1 + 1e-6)  # clamped at 100 after the first step, free below it
 
 
+@pytest.mark.slow
 def test_same_config_same_metrics(carot_record, weights, tmp_path):
     again = run(_config(weights, tmp_path / "again", *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), progress=False)
     assert again.summary == carot_record.summary
@@ -159,6 +166,7 @@ class _KillAt(TrainCallbacks):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(carot_record, weights, tmp_path):
     config = _config(weights, tmp_path / "resumed", *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]", "optim.checkpoint_every=7")
     with pytest.raises(KeyboardInterrupt):
@@ -170,6 +178,7 @@ def test_killed_run_resumes_to_the_same_result(carot_record, weights, tmp_path):
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_lpft_resumes_across_its_stage_boundary(weights, tmp_path):
     overrides = ["method=lpft", "optim.lp_epochs=1", "optim.checkpoint_every=20", "eval.temperature_scaling=false"]
     reference = run(_config(weights, tmp_path / "whole", *overrides), progress=False)
@@ -188,6 +197,7 @@ class _Counter(TrainCallbacks):
         self.steps += 1
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_repeated_and_run_dirs_are_not_shared(carot_record, weights):
     run_dir = carot_record.paths.run_dir
     counter = _Counter()
@@ -201,6 +211,7 @@ def _state(path):
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, visual_moves, text_moves", [("lp", False, False), ("ft", True, False), ("flyp", True, True)])
 def test_each_method_trains_what_it_should(weights, tmp_path, method, visual_moves, text_moves):
     record = run(_config(weights, tmp_path / method, f"method={method}", "eval.temperature_scaling=false"), progress=False)
@@ -231,6 +242,7 @@ class _EpochLog(TrainCallbacks):
         self.epochs.append((epoch, metrics["val_acc"]))
 
 
+@pytest.mark.slow
 def test_per_epoch_validation_reaches_history_and_callbacks(weights, tmp_path):
     log = _EpochLog()
     config = _config(weights, tmp_path / "epochs", "method=ft", "optim.epochs=2", "eval.every_epoch=true")
@@ -252,6 +264,7 @@ def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys
     assert "trial failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_prints_the_result_table(weights, tmp_path, capsys):
     assert main([*FAST, f"model.pretrained={weights}", "method=ft", f"run_dir={tmp_path / 'cli'}"]) == 0
     out = capsys.readouterr().out

@@ -42,7 +42,6 @@ from harness.trial.distributed import (
 )
 from harness.trial.evaluate import format_table
 from harness.trial.evaluate_trial import evaluate_trial
-from harness.trial.terms import contrastive_terms  # noqa: F401  re-exported for tests/test_compute.py, until it imports harness.trial.terms
 from harness.trial.trainer import Trainer
 
 
