@@ -105,8 +105,8 @@ def test_a_timed_out_trial_is_requeued_and_resumes_to_the_same_result(slurm_clus
     torch.set_num_threads(2)  # as the job ran: threads_per_job(1) on this 2-core machine
     config = RunConfig.model_validate({**record["config"], "run_dir": str(tmp_path / "reference")})
     reference = run(config, progress=False)
-    assert reference["resumed_from_step"] in (0, None)
-    for key, value in reference["summary"].items():
+    assert reference.resumed_from_step in (0, None)
+    for key, value in reference.summary.items():
         assert record["summary"][key] == pytest.approx(value, abs=1e-6), key
 
 
@@ -140,7 +140,7 @@ def test_a_two_task_trial_trains_one_model_over_both_tasks(slurm_cluster, tmp_pa
     _seed_everything(config.seed)
     initial = _flat(create_model("digit-vit-t", None)[0].state_dict())
     two_tasks = _flat(torch.load(record["paths"]["model"], weights_only=True))
-    one = _flat(torch.load(reference["paths"]["model"], weights_only=True))
+    one = _flat(torch.load(reference.paths.model, weights_only=True))
     update = (one - initial).norm()
     assert update / initial.norm() < 0.05  # `initial` is the run's start: a different init would be ~140% away
     # Adam turns float noise into visible differences: measured here, 1 vs 2 threads in one process differ by 0.9% of
