@@ -1,6 +1,5 @@
 """The parts of the sweep driver on their own: the results sink, the plan, adopting orphans, pruning in a job."""
 
-import ast
 import json
 import logging
 import os

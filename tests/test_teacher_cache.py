@@ -13,10 +13,21 @@ import torch
 import harness.trial.ema as ema
 from harness.core.config import LossConfig
 from harness.data.captions import CAPTION_TEMPLATES, DIGIT_NAMES
-from harness.models.clip import create_model, encode_images, encode_texts, text_projection, visual_projection
+from harness.models.clip import (
+    create_model,
+    encode_images,
+    encode_texts,
+    text_projection,
+    visual_projection,
+)
 from harness.trial.batches import CaptionTokens
 from harness.trial.ema import EMATeacher
-from harness.trial.losses import contrastive_loss, cross_norm_penalty, distillation_loss, orthogonality_penalty
+from harness.trial.losses import (
+    contrastive_loss,
+    cross_norm_penalty,
+    distillation_loss,
+    orthogonality_penalty,
+)
 from harness.trial.terms import contrastive_terms, weighted_loss
 
 LOSS = LossConfig(label_smoothing=0.1, oc_weight=0.2, sd_weight=0.5, cross_weight=0.05)
