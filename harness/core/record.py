@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from harness.core.errors import UsageError
 from harness.core.storage import atomic_write_json
-from harness.core.summary_keys import EPOCH_KEYS, STUDENT_KEYS
+from harness.core.summary_keys import STUDENT_KEYS
 
 SCHEMA = 3  # 3: typed record; results.jsonl lines carry the schema too
 READABLE_SCHEMAS = (1, 2, 3)  # 1: no ECE intervals/floors, NLL/Brier means, sigma_min_rel; 2: no schema in results lines
@@ -47,7 +47,6 @@ def known_summary(values: dict[str, Any]) -> dict[str, float]:
 
 SummaryKey = Annotated[str, AfterValidator(_known_summary_key)]
 Summary = dict[SummaryKey, float]
-EpochKey = Literal[EPOCH_KEYS]  # type: ignore[valid-type]  # what a pruner can watch
 
 
 class _Record(BaseModel):
@@ -177,10 +176,7 @@ class RunRecord(_Record):
     timings: Timings | None = None
 
     def write(self, path: Path) -> Path:
-        return atomic_write_json(self.dump(), path)
-
-    def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        return atomic_write_json(self.model_dump(mode="json", by_alias=True), path)
 
     @classmethod
     def read(cls, path: Path) -> RunRecord:

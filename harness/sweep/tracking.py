@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from harness.core.config import RunConfig, flatten, resolve_run_dir
 from harness.core.plots import draw_reliability, draw_spectrum, pooled_bins
-from harness.core.record import RunRecord, Spectra
+from harness.core.record import RunRecord
 from harness.sweep.context import TrialContext
 from harness.sweep.pruning import StudyPruner
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
@@ -54,10 +54,10 @@ class TrialCallbacks(TrainCallbacks):
             bins = report.reliability
             final[f"reliability/{name}"] = wandb.Table(columns=list(_BIN_COLUMNS),
                                                        data=[list(row) for row in zip(*(getattr(bins, k) for k in _BIN_COLUMNS))])
-            final[f"reliability_diagram/{name}"] = wandb.Image(_pixels(_reliability_figure(record, name)))
+            final[f"reliability_diagram/{name}"] = wandb.Image(_reliability_image(record, name))
             final |= {f"test/{name}/{metric}": getattr(report, metric) for metric in ("acc", "ece", "nll", "brier")}
         if record.spectrum is not None:
-            final["spectrum"] = wandb.Image(_pixels(_spectrum_figure(record.spectrum)))
+            final["spectrum"] = wandb.Image(_figure((4, 3), lambda axis: draw_spectrum(axis, record.spectrum)))
         self.wandb_run.log(final)  # one step: the images and tables close the run's charts at its last step
         self.wandb_run.summary.update({"status": record.status, **record.summary})
         self.wandb_run.finish()
@@ -72,23 +72,20 @@ def _pixels(figure: Any) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _reliability_figure(record: RunRecord, name: str) -> Any:
+def _figure(size: tuple[float, float], draw: Callable[[Any], None]) -> np.ndarray:
+    """One panel drawn by ``draw`` on a matplotlib Figure (no pyplot), as RGB pixels."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3, 3), dpi=100)
+    figure = Figure(figsize=size, dpi=100)
+    draw(figure.subplots())
+    figure.tight_layout()
+    return _pixels(figure)
+
+
+def _reliability_image(record: RunRecord, name: str) -> np.ndarray:
     role = "ID" if name == record.id_test else "validation" if name == "val" else "OOD"
-    draw_reliability(figure.subplots(), pooled_bins([record], name), record.tests[name].ece, f"{name} ({role})")
-    figure.tight_layout()
-    return figure
-
-
-def _spectrum_figure(spectra: Spectra) -> Any:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(4, 3), dpi=100)
-    draw_spectrum(figure.subplots(), spectra)
-    figure.tight_layout()
-    return figure
+    return _figure((3, 3), lambda axis: draw_reliability(axis, pooled_bins([record], name), record.tests[name].ece,
+                                                         f"{name} ({role})"))
 
 
 def _define_metrics(run: Any) -> None:
