@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from harness.commands.sweep import main as sweep_main
-from harness.core.errors import ConfigError
 from harness.data import require_known_benchmark
 from harness.sweep.launch import (
     PROFILE_DIR,
@@ -149,11 +148,8 @@ def test_imagenet_sweeps_hold_the_papers_settings(path):
     assert trial_config(moved, {"variant": "carot"}, 0, Path("."), SWEEPS).data.root == "/shared/data"
 
 
-DDP_ROWS = ["zeroshot", "flyp", "flyp+LS", "flyp+OC", "flyp+SD", "carot"]
-
-
 @pytest.mark.parametrize("path, args, variants, gpus", [
-    ("imagenet_ablation.yaml", ["--profile", "gpu-8", "--set", f"search.variant.grid=[{','.join(DDP_ROWS)}]"], DDP_ROWS, 8),
+    ("imagenet_ablation.yaml", ["--profile", "gpu-8"], IMAGENET_SWEEPS["imagenet_ablation.yaml"], 8),
     ("imagenet_baselines.yaml", [], IMAGENET_SWEEPS["imagenet_baselines.yaml"], 1),
 ])
 def test_imagenet_dry_run_prints_plan_and_sbatch_without_slurm_and_creates_nothing(tmp_path, monkeypatch, capsys,
@@ -169,9 +165,3 @@ def test_imagenet_dry_run_prints_plan_and_sbatch_without_slurm_and_creates_nothi
     assert flags["array"] == f"0-{len(variants) - 1}%{len(variants)}"  # the whole first wave as one job array
     assert list(tmp_path.iterdir()) == []  # no study, journal, jobs folder or output dir
 
-
-def test_a_multi_gpu_profile_refuses_methods_that_train_in_one_process(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"over 8 processes.*run ft in a separate sweep"):
-        sweep_main([str(SWEEPS / "imagenet_ablation.yaml"), "--dry-run", "--profile", "gpu-8"])
-    assert list(tmp_path.iterdir()) == []

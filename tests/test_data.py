@@ -122,9 +122,14 @@ def test_corruption_rejects_unknown_severity():
         corruptions.corrupt(np.zeros((32, 32), np.uint8), "contrast", 4, np.random.default_rng(0))
 
 
-def test_batches_cover_the_set_once(digitshift):
+def test_batches_serve_the_rows_in_the_order_given(digitshift):
     dataset = digitshift.val
-    seen = torch.cat([index for _, _, index in dataset.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0))])
-    assert sorted(seen.tolist()) == list(range(len(dataset)))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    seen = torch.cat([index for _, _, index in dataset.batches(64, order)])
+    assert torch.equal(seen, order)
+    share = torch.arange(7, 20)  # e.g. one process's share of an evaluation
+    images, labels, index = next(iter(dataset.batches(100, share)))
+    assert torch.equal(index, share) and torch.equal(labels, dataset.labels[7:20])
+    assert torch.equal(images[0], dataset[7][0])
     images, labels, index = next(iter(dataset.batches(5)))
     assert torch.equal(images[3], dataset[3][0]) and torch.equal(labels, dataset.labels[:5])

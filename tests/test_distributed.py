@@ -1,9 +1,9 @@
 """Two processes on halves of a batch (gloo, DDP) give the loss and gradients of one process on the whole batch.
 
 The workers run the real training step (``Trainer.train_step``) of the tiny random CLIP on a
-small synthetic benchmark, for a FLYP-style config (label smoothing, same-class positives) and a
-CaRot-style one (plus orthogonality, cross-norm and distillation from a perturbed teacher copy),
-and write the loss terms and every parameter's gradient; the test compares them with one
+small synthetic benchmark, for a FLYP-style config (label smoothing, same-class positives), a
+CaRot-style one (plus orthogonality, cross-norm and distillation from a perturbed teacher copy)
+and the cross-entropy stages of FT (image tower and head) and LP (head), and write the loss terms and every parameter's gradient; the test compares them with one
 in-process run on the whole batch. Batches come from tensors in memory (each rank slices its half)
 or, as for ImageNet, from a loader over a dataset read item by item (each rank samples its share of
 the epoch's permutation and the labels are gathered). Run as a script, this file is the worker.
@@ -11,9 +11,6 @@ the epoch's permutation and the labels are gathered). Run as a script, this file
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -21,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gloo_workers import spawn_workers
 from torch.utils.data import Dataset
 
 from harness.core.config import load_run_config
@@ -43,11 +41,13 @@ BATCH = 8
 # gathered matmuls): observed |diff| <= 3e-6 of each gradient tensor's largest entry, losses equal.
 # A wrong gather is off by 50% (test_a_plain_all_gather_gets_the_gradients_wrong).
 RTOL, ATOL = 1e-4, 1e-6
-CASES = {
+CONTRASTIVE_CASES = {
     "flyp": ["method=flyp", "loss.label_smoothing=0.1", "loss.same_class_positives=true"],
     "carot": ["method=carot", "loss.label_smoothing=0.1", "loss.same_class_positives=true", "loss.oc_weight=0.2",
               "loss.cross_weight=0.05", "loss.sd_weight=1.5", "ema.period=1000"],
 }
+# cross-entropy: each process's mean over its rows, averaged by DDP (ft: the image tower and the head; lp: the head)
+CASES = CONTRASTIVE_CASES | {"ft": ["method=ft", "loss.label_smoothing=0.1"], "lp": ["method=lp"]}
 SOURCES = ("tensors", "loader")
 WORKER_TIMEOUT_S = 120
 
@@ -120,7 +120,8 @@ def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str 
     optimizer = trainer.make_optimizer(stage)
     trainer.model.train()
     trainer.train_step(stage, optimizer, 0, trainer.total_steps)
-    grads = {name: param.grad.detach().clone() for name, param in trainer.model.named_parameters()}
+    named = [*trainer.model.named_parameters(), *(("head." + n, p) for n, p in trainer.head.named_parameters())]
+    grads = {name: param.grad.detach().clone() for name, param in named if param.grad is not None}
     return {"losses": callbacks.losses, "grads": grads}
 
 
@@ -130,7 +131,7 @@ def _worker(out_dir: Path, gathers: list[str]) -> None:
     init_process_group(env)
     try:
         results = {gather: {case: one_step(case, env, out_dir / f"run-{gather}-{case}-{env.rank}", gather)
-                            for case in CASES} for gather in gathers}
+                            for case in (CASES if gather == "exact" else CONTRASTIVE_CASES)} for gather in gathers}
         if "exact" in gathers:
             results["loader"] = {case: one_step(case, env, out_dir / f"run-loader-{case}-{env.rank}", source="loader")
                                  for case in CASES}
@@ -140,32 +141,9 @@ def _worker(out_dir: Path, gathers: list[str]) -> None:
         destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _spawn_two(out_dir: Path, gathers: str = "exact,plain") -> list[dict]:
     """Run this file as 2 worker processes (gloo on CPU) and read what each wrote."""
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = os.environ | {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        env.pop("SUBMITIT_EXECUTOR", None)
-        procs.append(subprocess.Popen([sys.executable, __file__, str(out_dir), gathers], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=WORKER_TIMEOUT_S)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for proc, output in zip(procs, outputs):
-        assert proc.returncode == 0, output
+    spawn_workers(__file__, [str(out_dir), gathers], WORKER_TIMEOUT_S)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
@@ -208,6 +186,8 @@ def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loa
             assert difference <= RTOL * scale + ATOL, f"{name}: max |diff| {difference:.3g} (largest entry {scale:.3g})"
     if case == "carot":
         assert expected["grads"]["visual.proj"].abs().max() > 0 and expected["losses"]["sd"] > 0
+    trained = {name.split(".")[0] for name in expected["grads"]}
+    assert trained == {"ft": {"visual", "head"}, "lp": {"head"}}.get(case, trained)
 
 
 @pytest.mark.slow
@@ -221,7 +201,7 @@ def test_every_rank_gathers_every_ranks_objects(two_processes):
 def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):
     """The check above can fail: without autograd through the gather, feature gradients are 1/W too small."""
     rank0 = two_processes[0]["plain"]
-    for case in CASES:
+    for case in CONTRASTIVE_CASES:
         expected = reference[case]
         assert rank0[case]["losses"]["contrastive"] == pytest.approx(expected["losses"]["contrastive"], rel=RTOL)
         wrong = [name for name, grad in expected["grads"].items()

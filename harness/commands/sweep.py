@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.launcher.kind == "slurm":
         if not spec.launcher.profile:
             raise ConfigError("launcher.profile: the slurm launcher needs a profile from slurm/ (--profile NAME)")
-        sweep.check_processes(load_profile(spec.launcher.profile).tasks_per_node)
+        load_profile(spec.launcher.profile)  # an unknown profile fails here, before any work
     if args.engine == "wandb":
         from harness.sweep.wandb_sweep import run_wandb_sweep, sweep_config
 

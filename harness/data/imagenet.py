@@ -263,11 +263,11 @@ class FolderImageSet(Dataset):
         return first[self.labels]
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         from harness.data.pipeline import make_loader
 
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        order = torch.arange(len(self)) if order is None else order
         subset = torch.utils.data.Subset(_Indexed(self), order.tolist())
         loader = make_loader(subset, batch_size, train=False, num_workers=self.num_workers)
         for images, labels, index in loader:

@@ -44,10 +44,11 @@ class ImageSet(Dataset):
         return pixels.unsqueeze(1).expand(-1, 3, -1, -1)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, order: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(images, labels, indices)`` by slicing tensors: far faster than a DataLoader for in-memory data."""
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        """Yield ``(images, labels, indices)`` of the rows ``order`` (default: all, in order; e.g. a permutation, or
+        one process's share) by slicing tensors: far faster than a DataLoader for in-memory data."""
+        order = torch.arange(len(self)) if order is None else order
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             yield self.normalise(self.images[index]), self.labels[index], index

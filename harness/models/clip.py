@@ -214,6 +214,21 @@ def classifier_head(
     return head
 
 
+class ImageClassifier(torch.nn.Module):
+    """The image tower and a linear head as one module, the one a cross-entropy stage (ft, lp) trains and
+    ``DistributedDataParallel`` wraps: logits = head(normalised image features). A linear probe
+    (``train_tower=False``) keeps the tower out of the autograd graph."""
+
+    def __init__(self, model: torch.nn.Module, head: torch.nn.Module, train_tower: bool):
+        super().__init__()
+        self.model, self.head, self.train_tower = model, head, train_tower
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.train_tower and torch.is_grad_enabled()):
+            features = encode_images(self.model, images)
+        return self.head(features)
+
+
 def visual_projection(model: torch.nn.Module) -> torch.Tensor:
     """The image tower's final projection W as [d_in, d_embed], for the orthogonality constraint.
 

@@ -56,9 +56,6 @@ class Sweep:
         """What the dry run prints: the base configuration, each variant's changes, resources and points."""
         return describe(self.plan, self.storage)
 
-    def check_processes(self, processes: int) -> None:
-        self.plan.check_processes(processes)
-
     def prepare(self) -> None:
         """Build what every trial shares (benchmark, embedded pretrained weights) once, here, with visible progress,
         rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log;

@@ -9,8 +9,6 @@ from typing import Any
 import optuna
 
 from harness.core.config import RunConfig
-from harness.core.errors import ConfigError
-from harness.core.methods import METHODS
 from harness.sweep.spec import SweepSpec, grid_points, point_key, run_slug, trial_config
 from harness.sweep.study import shown
 
@@ -69,13 +67,3 @@ class Plan:
             lines += [f"  {point_key(params, seed)}" for params, seed in planned]
         return "\n".join(lines)
 
-    def check_processes(self, processes: int) -> None:
-        """Trials over several processes train contrastive methods only: refuse the others before any job starts."""
-        if processes == 1:
-            return
-        methods = {config.method for config in self.known_configs()}
-        single = sorted(m for m in methods if not METHODS[m].contrastive_only)
-        if single:
-            raise ConfigError(f"launcher.profile: {self.spec.launcher.profile} runs each trial over {processes} processes, "
-                              f"which only contrastive methods support; run {', '.join(single)} in a separate sweep "
-                              "with a 1-task profile (e.g. gpu-1)")

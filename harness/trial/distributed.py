@@ -1,11 +1,14 @@
 """Multi-process trials: where this process sits in the job, the process group, and feature gathering.
 
 A trial may run as W processes (one per GPU, e.g. a submitit job with ``tasks_per_node=W``), each
-on 1/W of every batch, the model wrapped in ``DistributedDataParallel``. The contrastive and
-distillation losses compare every image with every caption of the *whole* batch, so each process
-gathers all processes' features (``gather_features``) and computes the loss of the whole batch;
-with DDP's gradient averaging this gives exactly the loss and gradients of one process on the
-whole batch (see ``gather_features``). Only the main process (rank 0) logs, evaluates and writes.
+on 1/W of every batch, the trained module wrapped in ``DistributedDataParallel``. The contrastive
+and distillation losses compare every image with every caption of the *whole* batch, so each
+process gathers all processes' features (``gather_features``) and computes the loss of the whole
+batch; with DDP's gradient averaging this gives exactly the loss and gradients of one process on
+the whole batch (see ``gather_features``). Cross-entropy (ft, lp, lp-ft) is a mean over rows, so
+each process takes the mean over its own rows and DDP's average is the whole batch's gradient.
+Evaluation is sharded: each process encodes its share of a set (``shard_rows``) and every process
+gets all rows (``gather_rows``). Only the main process (rank 0) logs and writes.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class DistributedEnvironment:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 alone logs, evaluates and writes records and checkpoints (the others would duplicate them)."""
+        """Rank 0 alone logs and writes records and checkpoints (the others would duplicate them)."""
         return self.rank == 0
 
 
@@ -177,3 +180,30 @@ def local_rows(n: int, env: DistributedEnvironment) -> slice:
         raise ValueError(f"a batch of {n} cannot be split evenly over {env.world_size} processes")
     share = n // env.world_size
     return slice(env.rank * share, (env.rank + 1) * share)
+
+
+def shard_rows(n: int, env: DistributedEnvironment) -> slice:
+    """This rank's contiguous share of ``n`` rows to evaluate: ceil(n / W) each, the last ranks fewer (or none)."""
+    share = -(-n // env.world_size)
+    return slice(min(env.rank * share, n), min((env.rank + 1) * share, n))
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``x`` (their numbers may differ) in rank order, on every rank, on ``x``'s device.
+
+    Goes through ``gather_objects`` (pickled CPU tensors), which takes rows of unequal numbers;
+    meant for evaluation features, gathered once per set, not for every training step.
+    """
+    parts = [part for part in gather_objects(x.cpu()) if len(part)]
+    return torch.cat(parts).to(x.device)
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each scalar averaged over the ranks, as floats on every rank: the whole batch's cross-entropy from each rank's
+    mean over its own rows; terms of the whole batch (contrastive) are the same on every rank and stay so."""
+    stacked = torch.stack([value.detach().float() for value in values.values()])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        stacked = stacked.to(_collective_device())
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(values, stacked.tolist()))

@@ -21,18 +21,30 @@ from harness.models.clip import (
     classifier_head,
     encode_images,
 )
+from harness.trial.distributed import (
+    SINGLE_PROCESS,
+    DistributedEnvironment,
+    gather_rows,
+    shard_rows,
+)
 
 
 @torch.no_grad()
-def image_features(model: torch.nn.Module, dataset: ImageSet, batch_size: int = 256) -> torch.Tensor:
+def image_features(model: torch.nn.Module, dataset: ImageSet, batch_size: int = 256,
+                   env: DistributedEnvironment = SINGLE_PROCESS) -> torch.Tensor:
     """Normalised image features ``[N, D]`` of a whole set, in fp32 on the model's device: computed once per
-    model and set, then shared by the logits of every head and by the embedding spectrum."""
+    model and set, then shared by the logits of every head and by the embedding spectrum.
+
+    In a multi-process trial every rank must call it: each encodes its share of the set and all get every row.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunks = [encode_images(model, images.to(device)).float() for images, _, _ in dataset.batches(batch_size)]
+    share = torch.arange(len(dataset))[shard_rows(len(dataset), env)]
+    chunks = [encode_images(model, images.to(device)).float() for images, _, _ in dataset.batches(batch_size, share)]
     model.train(was_training)
-    return torch.cat(chunks)
+    features = torch.cat(chunks) if chunks else torch.empty(0, device=device)
+    return gather_rows(features) if env.is_distributed else features
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 ``evaluate_trial`` gives the record's ``tests``, ``teacher``, ``temperature_scaled``, ``wise_ft``,
 ``spectrum`` and ``summary`` (the keys ``harness.core.summary_keys`` predicts from the config).
 Each model's image features are computed once per set and shared by its heads, the temperature
-fit and the spectrum.
+fit and the spectrum. In a multi-process trial every rank runs it: each encodes its share of every
+set (``image_features``), all get every row and compute the same reports, and rank 0 writes them.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class _Evaluation:
         return {f"{prefix}{key}": value for key, value in summary.items()}
 
 
-def _all_features(model: torch.nn.Module, sets: dict[str, Dataset], batch_size: int) -> dict[str, torch.Tensor]:
-    return {name: image_features(model, dataset, batch_size) for name, dataset in sets.items()}
+def _all_features(trainer: Trainer, model: torch.nn.Module, sets: dict[str, Dataset]) -> dict[str, torch.Tensor]:
+    return {name: image_features(model, dataset, trainer.config.eval.batch_size, trainer.env)
+            for name, dataset in sets.items()}
 
 
 def _logits(head: torch.nn.Module, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -80,10 +82,10 @@ def _pretrained_model(trainer: Trainer) -> torch.nn.Module:
 
 
 def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
-    """Every evaluation of a finished trial (rank 0's): the record's evaluation sections and its summary."""
+    """Every evaluation of a finished trial: the record's evaluation sections and its summary (on every rank)."""
     config, benchmark = trainer.config, trainer.benchmark
-    sets, batch = _evaluation_sets(benchmark), config.eval.batch_size
-    features = _all_features(trainer.model, sets, batch)
+    sets = _evaluation_sets(benchmark)
+    features = _all_features(trainer, trainer.model, sets)
     logits = _logits(trainer.evaluation_head(trainer.model), features)
     student = _Evaluation(logits, sets, config)
     summary = student.summary(benchmark)
@@ -98,7 +100,7 @@ def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
     if teacher_evaluated(config):
         teacher = trainer.teacher.model
         teacher_head = classifier_head(teacher, trainer.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
-        evaluation = _Evaluation(_logits(teacher_head, _all_features(teacher, sets, batch)), sets, config)
+        evaluation = _Evaluation(_logits(teacher_head, _all_features(trainer, teacher, sets)), sets, config)
         result["teacher"] = {"tests": evaluation.reports}
         summary |= evaluation.summary(benchmark, prefix="teacher_")
 
@@ -106,7 +108,8 @@ def evaluate_trial(trainer: Trainer) -> dict[str, Any]:
     result["wise_ft"] = _wise_ft(trainer, sets, pretrained)
 
     id_features = features[benchmark.id_test].cpu()
-    pretrained_features = image_features(pretrained, sets[benchmark.id_test], batch).cpu() if trainer.method.trains else id_features
+    pretrained_features = (image_features(pretrained, sets[benchmark.id_test], config.eval.batch_size, trainer.env).cpu()
+                           if trainer.method.trains else id_features)
     spectra = {
         "features": f"L2-normalised image embeddings of the ID test set ({benchmark.id_test}), centred",
         "pretrained": embedding_spectrum(pretrained_features),
@@ -150,7 +153,7 @@ def _wise_ft(trainer: Trainer, sets: dict[str, Dataset], pretrained: torch.nn.Mo
         else:
             head = torch.nn.Linear(finetuned_head.in_features, finetuned_head.out_features, device=trainer.device)
             head.load_state_dict(interpolate_weights(zeroshot_head.state_dict(), finetuned_head.state_dict(), alpha))
-        evaluation = _Evaluation(_logits(head, _all_features(mixed, sets, config.eval.batch_size)), sets, config,
+        evaluation = _Evaluation(_logits(head, _all_features(trainer, mixed, sets)), sets, config,
                                  uncertainty=False)
         compact = {name: {k: r[k] for k in ("acc", "ece", "nll")} for name, r in evaluation.reports.items()}
         curve.append({"alpha": alpha, "summary": evaluation.summary(benchmark), "tests": compact})

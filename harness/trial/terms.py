@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.config import LossConfig
-from harness.core.methods import Stage
 from harness.models.clip import encode_images, text_projection, visual_projection
 from harness.trial.distributed import Gather, identity
 from harness.trial.ema import EMATeacher
@@ -75,15 +74,11 @@ def contrastive_terms(
     return terms
 
 
-def cross_entropy_terms(model: torch.nn.Module, head: torch.nn.Module, stage: Stage, images: torch.Tensor,
-                        labels: torch.Tensor, label_smoothing: float) -> dict[str, torch.Tensor]:
-    """The cross-entropy of the head on the image features; a linear probe keeps the image tower out of the graph."""
-    if stage.trains == "head":
-        with torch.no_grad():
-            features = encode_images(model, images)
-    else:
-        features = encode_images(model, images)
-    return {"cross_entropy": F.cross_entropy(head(features), labels, label_smoothing=label_smoothing)}
+def cross_entropy_terms(classifier: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        label_smoothing: float) -> dict[str, torch.Tensor]:
+    """The cross-entropy of ``classifier`` (an ``ImageClassifier`` or its DDP wrapper) on this process's rows
+    (``images`` and their ``labels``): a mean over rows, which DDP's gradient average makes the whole batch's."""
+    return {"cross_entropy": F.cross_entropy(classifier(images), labels, label_smoothing=label_smoothing)}
 
 
 def weighted_loss(terms: dict[str, torch.Tensor], loss: LossConfig) -> torch.Tensor:

@@ -95,8 +95,8 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     """Run (or resume, or return the finished record of) one trial; always leaves a record.json.
 
     Bad input (``UsageError``) propagates; any other error is recorded as ``status: failed``. With a
-    multi-process ``env`` every rank trains its share of each batch and only rank 0 evaluates and
-    writes; the other ranks return their (unevaluated, unwritten) record.
+    multi-process ``env`` every rank trains and evaluates its share of each batch and set, every rank
+    returns the record, and rank 0 alone writes it and the weights.
     """
     config = build(RunConfig, config.model_dump(), source="config")  # again: model_copy skips the validators
     run_dir = resolve_run_dir(config)
@@ -131,10 +131,8 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
         record["resumed_from_step"] = trainer.step if trainer.load_checkpoint() else None
         trainer.train(progress)
         train_seconds = time.perf_counter() - started
-        if not env.is_main:
-            return RunRecord.model_validate(record | {"status": "ok"})
-        evaluation = evaluate_trial(trainer)
-        paths = _save_weights(trainer, run_dir)
+        evaluation = evaluate_trial(trainer)  # every rank: the sets are shared out among them
+        paths = _save_weights(trainer, run_dir) if env.is_main else {}
     except UsageError:
         raise
     except TrialPruned:
@@ -160,7 +158,8 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
     }
     record["paths"] |= paths
     finished = _written(RunRecord.model_validate(record), env)
-    trainer.checkpoint_path.unlink(missing_ok=True)  # the final weights supersede it
+    if env.is_main:
+        trainer.checkpoint_path.unlink(missing_ok=True)  # the final weights supersede it
     return finished
 
 

@@ -20,7 +20,7 @@ from harness.core.methods import METHODS, Stage
 from harness.core.storage import atomic_torch_save
 from harness.core.summary_keys import has_teacher
 from harness.data import Benchmark
-from harness.models.clip import classifier_head, create_model
+from harness.models.clip import ImageClassifier, classifier_head, create_model
 from harness.trial.batches import CaptionTokens, training_batches
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
 from harness.trial.compute import autocast, grad_scaler
@@ -33,10 +33,12 @@ from harness.trial.distributed import (
     gather_features,
     gather_objects,
     identity,
+    local_rows,
+    mean_over_ranks,
     wrap_for_training,
 )
 from harness.trial.ema import EMATeacher, momentum_at
-from harness.trial.evaluate import predict_logits, set_report
+from harness.trial.evaluate import head_logits, image_features, set_report
 from harness.trial.optim import cosine_with_warmup, decay_groups, set_learning_rate
 from harness.trial.pretrain import embedded_weights
 from harness.trial.terms import contrastive_terms, cross_entropy_terms, weighted_loss
@@ -53,8 +55,6 @@ def _check_training(config: RunConfig, env: DistributedEnvironment, steps_per_ep
         raise UsageError(f"optim.batch_size ({batch_size}) exceeds the training set ({train_size})")
     if env.is_distributed and batch_size % world_size:
         raise UsageError(f"optim.batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
-    if env.is_distributed and not method.contrastive_only:
-        raise UsageError(f"multi-process training supports contrastive methods only, not {config.method}")
 
 
 def trainable_parameters(stage: Stage, model: torch.nn.Module, head: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -76,8 +76,8 @@ class Trainer:
     """The state of one trial's training (model, head, teacher, optimizer, step) and its loop.
 
     With a multi-process ``env``, each process trains on its share of every batch through a
-    ``DistributedDataParallel`` wrapper (contrastive stages only) and only the main process saves
-    checkpoints and reports to the callbacks. Model, head and teacher live on ``device``; forward
+    ``DistributedDataParallel`` wrapper, every process validates its share of the validation set,
+    and only the main process saves checkpoints and reports to the callbacks. Model, head and teacher live on ``device``; forward
     passes run under the configured autocast (``compute.precision``). Sets read from files need the
     model's preprocessing before ``train`` (``Benchmark.set_transforms``; ``run`` sets it).
     """
@@ -91,7 +91,7 @@ class Trainer:
         self.model, self.tokenizer = create_model(config.model.name, embedded_weights(config.model))
         self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on the CPU
         self.model.to(device)
-        self.forward: torch.nn.Module = self.model  # the DDP wrapper of a distributed contrastive stage
+        self.forward: torch.nn.Module = self.model  # what the stage trains, or its DDP wrapper (make_optimizer)
         self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
         self.teacher = EMATeacher(self.model) if has_teacher(config) else None
         self.batches = training_batches(benchmark, config.optim.batch_size, config.seed, env, device,
@@ -171,10 +171,12 @@ class Trainer:
         bar.close()
 
     def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
-        """AdamW over what ``stage`` trains (and nothing else requires grad)."""
+        """AdamW over what ``stage`` trains (and nothing else requires grad); the module its forward runs through."""
         groups = decay_groups(trainable_parameters(stage, self.model, self.head), self.config.optim.weight_decay,
                               self.config.optim.weight_decay_on)
-        self.forward = wrap_for_training(self.model, self.env, self.device)  # after requires_grad: DDP registers them
+        trained = self.model if stage.objective == "contrastive" else ImageClassifier(
+            self.model, self.head, train_tower=stage.trains != "head")
+        self.forward = wrap_for_training(trained, self.env, self.device)  # after requires_grad: DDP registers them
         return torch.optim.AdamW(groups, lr=self.config.optim.lr)
 
     def train_step(self, stage: Stage, optimizer: torch.optim.Optimizer, stage_step: int, stage_steps: int) -> None:
@@ -188,12 +190,13 @@ class Trainer:
                 captions = self.captions(batch.captions)
                 terms = contrastive_terms(self.forward, self.model, batch.images, captions.tokens, captions.index,
                                           batch.labels, self.config.loss, self.teacher, self.gather, captions.texts)
-            else:  # single-process only: the local rows are the whole batch
-                terms = cross_entropy_terms(self.model, self.head, stage, batch.images, batch.labels,
-                                            self.config.loss.label_smoothing)
+            else:  # this process's rows and their labels
+                labels = batch.labels[local_rows(len(batch.labels), self.env)]
+                terms = cross_entropy_terms(self.forward, batch.images, labels, self.config.loss.label_smoothing)
         loss = weighted_loss(terms, self.config.loss)
-        if not torch.isfinite(loss):
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        reported = mean_over_ranks(terms | {"loss": loss})  # the whole batch's, the same on every rank
+        if not math.isfinite(reported["loss"]):  # every rank stops together
+            values = ", ".join(f"{k}={v:.4g}" for k, v in reported.items())
             raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -211,16 +214,16 @@ class Trainer:
         self.step_seconds.append(time.perf_counter() - started)
         self.step += 1
         if self.env.is_main:
-            self.callbacks.on_step(self.step - 1, {k: v.item() for k, v in terms.items()} | {"loss": loss.item()},
-                                   optim.lr * factor)
+            self.callbacks.on_step(self.step - 1, reported, optim.lr * factor)
 
     def _end_epoch(self, epoch: int) -> None:
-        """Rank 0 validates (and its callbacks may prune); every rank learns whether to stop."""
+        """Every rank encodes its share of the validation set; rank 0 scores it (and its callbacks may prune);
+        every rank learns whether to stop."""
         pruned: TrialPruned | None = None
+        val = self.benchmark.val
+        features = image_features(self.model, val, self.config.eval.batch_size, self.env)
         if self.env.is_main:
-            head, val = self.evaluation_head(self.model), self.benchmark.val
-            report = set_report(predict_logits(self.model, head, val, self.config.eval.batch_size), val,
-                                self.config.eval.n_bins)
+            report = set_report(head_logits(self.evaluation_head(self.model), features), val, self.config.eval.n_bins)
             metrics = {"epoch": epoch, "step": self.step, "val_acc": report["acc"], "val_ece": report["ece"],
                        "val_nll": report["nll"]}
             self.history.append(metrics)
