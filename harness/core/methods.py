@@ -42,6 +42,10 @@ class Method:
         (what multi-process trials and caption tables support)."""
         return all(stage.objective == "contrastive" for stage in self.stages)
 
+    def stage_epochs(self, epochs: int, lp_epochs: int) -> list[int]:
+        """Epochs of each stage: the linear probe that opens lp-ft runs ``lp_epochs``, every other stage ``epochs``."""
+        return [lp_epochs if len(self.stages) > 1 and i == 0 else epochs for i in range(len(self.stages))]
+
 
 _LINEAR_PROBE = Stage("head", "cross_entropy")
 _FULL_FT = Stage("image+head", "cross_entropy")

@@ -26,8 +26,7 @@ def _steps(config: RunConfig) -> str:
     method = METHODS[config.method]
     if not method.trains:
         return "no training"
-    epochs = sum(config.optim.lp_epochs if stage.trains == "head" and len(method.stages) > 1 else config.optim.epochs
-                 for stage in method.stages)
+    epochs = sum(method.stage_epochs(config.optim.epochs, config.optim.lp_epochs))
     if size is None:
         return f"{epochs} epochs x (training images / {config.optim.batch_size}), known once the data is read"
     per_epoch = size // config.optim.batch_size

@@ -2,7 +2,7 @@
 
 ``Trainer`` runs the method's stages step by step. Each step's batch and captions follow from
 (seed, step) alone (``harness.trial.batches``) and the checkpoint holds everything else that
-changes, so a run resumed from ``RUN_DIR/checkpoint.pt`` continues exactly as it would have.
+changes (``harness.trial.checkpoint``), so a resumed run continues exactly as it would have.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.config import RunConfig, config_hash
+from harness.core.config import RunConfig
 from harness.core.errors import UsageError
 from harness.core.methods import METHODS, Stage
-from harness.core.storage import atomic_torch_save
 from harness.core.summary_keys import has_teacher
 from harness.data import Benchmark
 from harness.models.clip import ImageClassifier, classifier_head, create_model
 from harness.trial.batches import CaptionTokens, training_batches
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
+from harness.trial.checkpoint import Checkpoint
 from harness.trial.compute import autocast, grad_scaler
 from harness.trial.distributed import (
     SINGLE_PROCESS,
@@ -75,11 +75,10 @@ def trainable_parameters(stage: Stage, model: torch.nn.Module, head: torch.nn.Mo
 class Trainer:
     """The state of one trial's training (model, head, teacher, optimizer, step) and its loop.
 
-    With a multi-process ``env``, each process trains on its share of every batch through a
-    ``DistributedDataParallel`` wrapper, every process validates its share of the validation set,
-    and only the main process saves checkpoints and reports to the callbacks. Model, head and teacher live on ``device``; forward
-    passes run under the configured autocast (``compute.precision``). Sets read from files need the
-    model's preprocessing before ``train`` (``Benchmark.set_transforms``; ``run`` sets it).
+    With a multi-process ``env``, each process trains and validates on its share of every batch and set
+    (``DistributedDataParallel``); the main process alone saves checkpoints and reports to the callbacks.
+    Model, head and teacher live on ``device``; forwards run under ``compute.precision``'s autocast.
+    Sets read from files need the model's preprocessing first (``Benchmark.set_transforms``; ``run`` does it).
     """
 
     def __init__(self, config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
@@ -99,9 +98,8 @@ class Trainer:
         self.captions = CaptionTokens(self.tokenizer, device)
         self.steps_per_epoch = self.batches.steps_per_epoch
         _check_training(config, env, self.steps_per_epoch, len(benchmark.train))
-        stages, optim = self.method.stages, config.optim  # lpft: optim.lp_epochs of its LP stage first
-        self.stage_steps = [(optim.lp_epochs if len(stages) > 1 and i == 0 else optim.epochs) * self.steps_per_epoch
-                            for i in range(len(stages))]
+        self.stage_steps = [epochs * self.steps_per_epoch
+                            for epochs in self.method.stage_epochs(config.optim.epochs, config.optim.lp_epochs)]
         self.total_steps = sum(self.stage_steps)
         self.ema_period = config.ema.period_steps(self.total_steps)
         self.step = 0
@@ -113,35 +111,28 @@ class Trainer:
     def save_checkpoint(self, stage_index: int, optimizer: torch.optim.Optimizer) -> None:
         """Rank 0 writes the state, with every rank's log of the teacher's caption encodings (to replay on resume)."""
         captions = gather_objects(self.teacher.encoded_captions()) if self.teacher is not None else None
-        if not self.env.is_main:  # every process holds the same state; one writer
-            return
-        atomic_torch_save({
-            "step": self.step, "config_digest": config_hash(self.config), "model": self.model.state_dict(),
-            "head": self.head.state_dict(), "teacher": self.teacher.state_dict() if self.teacher else None,
-            "teacher_captions": captions, "stage": stage_index, "optimizer": optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(), "history": self.history,
-        }, self.checkpoint_path)
+        if self.env.is_main:  # every process holds the same state; one writer
+            Checkpoint(self.step, stage_index, self.model.state_dict(), self.head.state_dict(), optimizer.state_dict(),
+                       self.scaler.state_dict(), torch.get_rng_state(), self.history,
+                       self.teacher.state_dict() if self.teacher else None, captions).save(self.checkpoint_path, self.config)
 
     def load_checkpoint(self) -> bool:
         """Continue from the checkpoint of this config, if there is one, exactly where it was saved."""
-        if not self.checkpoint_path.exists():
+        state = Checkpoint.load(self.checkpoint_path, self.config)
+        if state is None:
             return False
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if state["config_digest"] != config_hash(self.config):
-            raise UsageError(f"{self.checkpoint_path} belongs to another config; use another run_dir")
-        self.model.load_state_dict(state["model"])
-        self.head.load_state_dict(state["head"])
+        self.model.load_state_dict(state.model)
+        self.head.load_state_dict(state.head)
         if self.teacher is not None:  # with the caption cache the saving rank had (none after a change of world size)
-            self.teacher.load_state_dict(state["teacher"])
-            logs = state.get("teacher_captions")
-            if logs is not None and len(logs) == self.env.world_size:
+            self.teacher.load_state_dict(state.teacher)
+            if state.teacher_captions is not None and len(state.teacher_captions) == self.env.world_size:
                 with autocast(self.config.compute, self.device):
-                    self.teacher.replay_captions(logs[self.env.rank], lambda group: self.captions(group).tokens)
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.history = state["step"], state["history"]
-        self._resumed_optimizer = (state["stage"], state["optimizer"])
+                    self.teacher.replay_captions(state.teacher_captions[self.env.rank],
+                                                 lambda group: self.captions(group).tokens)
+        torch.set_rng_state(state.torch_rng)
+        self.scaler.load_state_dict(state.scaler)
+        self.step, self.history = state.step, state.history
+        self._resumed_optimizer = (state.stage, state.optimizer)
         return True
 
     def train(self, progress: bool = True) -> None:
