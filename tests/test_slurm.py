@@ -75,27 +75,44 @@ def test_jobs_of_a_killed_driver_are_adopted_not_rerun(slurm_cluster, tmp_path, 
     assert sorted(line["params"]["method"] for line in _results(out)) == ["carot", "flyp"]
 
 
-def test_a_timed_out_trial_is_requeued_and_resumes_to_the_same_result(slurm_cluster, tmp_path, private_cache):
-    """The job's 1-minute limit expires mid-training: submitit checkpoints on SIGUSR2, SLURM requeues the job and the
-    trial resumes from its own checkpoint; its record equals that of the same trial run without interruption.
+def _signal_at_first_checkpoint(out: Path, timeout_s: float = 240) -> list[str]:
+    """Once the trial has written its first checkpoint, send its job SIGUSR2, as SLURM does before a time limit
+    (``--signal``) or a preemption; returns the job ids signalled (none if no checkpoint came in time)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        submitted = sorted((out / "jobs").glob("*_submitted.pkl")) if (out / "jobs").exists() else []
+        if submitted and list(out.glob("**/checkpoint.pt")):
+            job_ids = [path.name.split("_")[0] for path in submitted]
+            subprocess.run(["scancel", "--signal=USR2", *job_ids], check=True)
+            return job_ids
+        time.sleep(0.1)
+    return []
 
-    SLURM sends the signal 10-40 s into a 1-minute job (it checks limits every 30 s), so the trial is sized to about
-    a minute of training on 2 idle cores (36 epochs of 20 steps, three times the 12 that trained in 21 s and once
-    finished before the signal): always cut at least once, done within a few requeues (up to 20 allowed: on a
-    loaded machine a restart's imports eat most of a short window)."""
+
+def test_a_signalled_trial_is_requeued_and_resumes_to_the_same_result(slurm_cluster, tmp_path, private_cache):
+    """SIGUSR2 mid-training, as SLURM sends it before a job's time limit: submitit checkpoints, SLURM requeues the
+    job and the trial resumes from its own checkpoint; its record equals that of the same trial run without
+    interruption. (The signal is sent once the trial's first checkpoint exists, rather than waiting for SLURM's
+    1-minute minimum limit, whose signal comes 10-40 s in and made this test take 8-15 minutes of requeues.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
     profile = tmp_path / "short.yaml"
-    profile.write_text(yaml.safe_dump({"cpus_per_task": 2, "mem_gb": 4, "timeout_min": 1, "signal_delay_s": 20,
-                                       "max_timeouts": 20}))
+    profile.write_text(yaml.safe_dump({"cpus_per_task": 2, "mem_gb": 4, "timeout_min": 5, "signal_delay_s": 20,
+                                       "max_timeouts": 3}))
     base = {"model": {"name": "digit-vit-t", "pretrained": None},
-            "optim": {"epochs": 36, "batch_size": 100, "warmup_steps": 2, "checkpoint_every": 4},
+            "optim": {"epochs": 3, "batch_size": 100, "warmup_steps": 2, "checkpoint_every": 4},
             "eval": {"batch_size": 500}}
     spec = tmp_path / "timeout.yaml"
+    out = tmp_path / "out"
     spec.write_text(yaml.safe_dump({"name": "timeout", "base": base, "search": {"method": {"grid": ["flyp"]}},
                                     "seeds": [0], "launcher": {"kind": "slurm", "profile": str(profile),
                                                                "parallelism": 1},
-                                    "tracking": {"mode": "disabled"}, "out": str(tmp_path / "out")}))
-    assert sweep_main([str(spec)]) == 0
-    (line,) = _results(tmp_path / "out")
+                                    "tracking": {"mode": "disabled"}, "out": str(out)}))
+    with ThreadPoolExecutor(1) as pool:
+        signalled = pool.submit(_signal_at_first_checkpoint, out)
+        assert sweep_main([str(spec)]) == 0
+        assert signalled.result(), "the trial wrote no checkpoint in time"
+    (line,) = _results(out)
     assert line["state"] == "COMPLETE"
     record = json.loads((tmp_path / "out" / line["record"]).read_text())
     assert record["resumed_from_step"] > 0, "the job was not requeued mid-training (it finished within one attempt)"
