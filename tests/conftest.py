@@ -32,6 +32,14 @@ def digitshift(private_cache):
 
 
 @pytest.fixture(scope="session")
+def digitshift_small(digitshift):
+    """digitshift with 200-image test sets: what the trials of the slower tests evaluate on."""
+    from harness.data import load_benchmark
+
+    return load_benchmark("digitshift-small", progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """A randomly initialised small CLIP (no pretraining needed)."""
     import torch

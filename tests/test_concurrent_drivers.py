@@ -14,7 +14,7 @@ import yaml
 from harness.sweep.spec import grid_points, load_spec, point_key
 from harness.sweep.study import open_storage
 
-TINY = {"model": {"name": "digit-vit-t", "pretrained": None},
+TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
         "optim": {"epochs": 1, "batch_size": 200, "warmup_steps": 2}, "eval": {"batch_size": 500}}
 
 # A driver that only claims points and reports a made-up result at once: the claiming protocol, without training.

@@ -99,7 +99,7 @@ def test_a_signalled_trial_is_requeued_and_resumes_to_the_same_result(slurm_clus
     profile = tmp_path / "short.yaml"
     profile.write_text(yaml.safe_dump({"cpus_per_task": 2, "mem_gb": 4, "timeout_min": 5, "signal_delay_s": 20,
                                        "max_timeouts": 3}))
-    base = {"model": {"name": "digit-vit-t", "pretrained": None},
+    base = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
             "optim": {"epochs": 3, "batch_size": 100, "warmup_steps": 2, "checkpoint_every": 4},
             "eval": {"batch_size": 500}}
     spec = tmp_path / "timeout.yaml"
@@ -140,7 +140,8 @@ def test_a_two_task_trial_trains_one_model_over_both_tasks(slurm_cluster, tmp_pa
 
     profile = tmp_path / "two.yaml"
     profile.write_text(yaml.safe_dump({"tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 10}))
-    base = {"model": {"name": "digit-vit-t", "pretrained": None}, "eval": {"batch_size": 500},
+    base = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
+            "eval": {"batch_size": 500},
             "optim": {"epochs": 1, "batch_size": 200, "warmup_steps": 2, "lr": 1e-3}}
     spec = tmp_path / "two.yaml.spec"
     spec.write_text(yaml.safe_dump({"name": "two-tasks", "base": base, "search": {"method": {"grid": ["carot"]}},

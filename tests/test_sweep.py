@@ -14,7 +14,7 @@ from harness.commands.sweep import main as sweep_main
 from harness.models.clip import create_model
 from harness.sweep.spec import grid_points, load_spec
 
-TINY = {"model": {"name": "digit-vit-t", "pretrained": None},
+TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
         "optim": {"epochs": 1, "batch_size": 200, "warmup_steps": 2}, "eval": {"batch_size": 500}}
 
 

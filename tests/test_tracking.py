@@ -10,7 +10,8 @@ from harness.sweep.context import TrialContext
 from harness.sweep.tracking import tracker_for
 from harness.trial.train import run
 
-FAST = ["model.name=digit-vit-t", "model.pretrained=null", "method=flyp", "optim.epochs=2", "optim.batch_size=200",
+FAST = ["model.name=digit-vit-t", "model.pretrained=null", "data.benchmark=digitshift-small", "method=flyp",
+        "optim.epochs=2", "optim.batch_size=200",
         "eval.every_epoch=true", "eval.batch_size=500", "tracking.mode=offline"]
 
 

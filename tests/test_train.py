@@ -14,7 +14,8 @@ from harness.trial.callbacks import TrainCallbacks
 from harness.trial.evaluate import evaluate_zeroshot
 from harness.trial.train import run
 
-FAST = ["model.name=digit-vit-t", "optim.epochs=1", "optim.batch_size=100", "optim.warmup_steps=2", "eval.batch_size=500",
+FAST = ["model.name=digit-vit-t", "data.benchmark=digitshift-small", "optim.epochs=1", "optim.batch_size=100",
+        "optim.warmup_steps=2", "eval.batch_size=500",
         "eval.bootstrap=200", "eval.floor_draws=50"]
 CAROT = ["method=carot", "loss.sd_weight=1.0", "loss.oc_weight=0.2", "loss.cross_weight=0.05", "ema.period=3"]
 
@@ -34,36 +35,36 @@ def _config(weights, run_dir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def carot_record(digitshift, weights, tmp_path_factory):
+def carot_record(digitshift_small, weights, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("carot")
     return run(_config(weights, run_dir, *CAROT, "eval.wise_alphas=[0.0,0.5,1.0]"), progress=False)
 
 
 @pytest.mark.slow
-def test_carot_record_is_complete(carot_record, digitshift):
+def test_carot_record_is_complete(carot_record, digitshift_small):
     record = carot_record
     assert record.status == "ok" and record.schema_version == SCHEMA
-    assert list(record.tests) == ["val", *digitshift.tests]
+    assert list(record.tests) == ["val", *digitshift_small.tests]
     for report in record.tests.values():
         assert sum(report.reliability.count) == report.n  # every image in one bin
     for key in ("val_acc", "val_ece", "val_nll", "id_acc", "id_ece", "ood_acc", "ood_ece", "sigma_min",
                 "ts_temperature", "teacher_id_acc"):
         assert math.isfinite(record.summary[key]), key
-    ood = [record.tests[name].acc for name in digitshift.ood_tests]
+    ood = [record.tests[name].acc for name in digitshift_small.ood_tests]
     assert record.summary["ood_acc"] == pytest.approx(sum(ood) / len(ood))
     assert record.summary["id_acc"] == record.tests["mnist"].acc
     assert record.config["loss"]["cross_weight"] == 0.05
     assert record.timings.steps == 20 and record.timings.ema_period_steps == 3
-    for name in digitshift.tests:  # every test set's ECE with its interval and noise floor
+    for name in digitshift_small.tests:  # every test set's ECE with its interval and noise floor
         report = record.tests[name]
         low, high = report.ece_ci
         assert low <= report.ece <= high and 0 < report.ece_floor < 1 and report.ece_floor_sd > 0
     summary = record.summary
     assert summary["id_ece_floor"] == record.tests["mnist"].ece_floor
-    floors = [record.tests[name].ece_floor for name in digitshift.ood_tests]
+    floors = [record.tests[name].ece_floor for name in digitshift_small.ood_tests]
     assert summary["ood_ece_floor"] == pytest.approx(sum(floors) / len(floors))
     assert summary["ood_ece_ci_low"] <= summary["ood_ece"] <= summary["ood_ece_ci_high"]
-    briers = [record.tests[name].brier for name in digitshift.ood_tests]
+    briers = [record.tests[name].brier for name in digitshift_small.ood_tests]
     assert summary["ood_brier"] == pytest.approx(sum(briers) / len(briers))
     assert summary["id_nll"] == record.tests["mnist"].nll
     assert 0 < summary["sigma_min_rel"] < 1 and "ts_ood_ece_floor" in summary and "teacher_id_ece_ci_low" in summary
@@ -85,13 +86,13 @@ def test_temperature_scaling_keeps_accuracy(carot_record):
 
 
 @pytest.mark.slow
-def test_wise_ft_endpoints(carot_record, digitshift, weights):
+def test_wise_ft_endpoints(carot_record, digitshift_small, weights):
     start, _, end = carot_record.wise_ft
     assert end.alpha == 1.0
     for name, report in carot_record.tests.items():
         assert end.tests[name].acc == pytest.approx(report.acc)
     model, tokenizer = create_model("digit-vit-t", str(weights))
-    zeroshot = evaluate_zeroshot(model, tokenizer, digitshift)
+    zeroshot = evaluate_zeroshot(model, tokenizer, digitshift_small)
     for name, report in zeroshot.items():
         assert start.tests[name].acc == pytest.approx(report["acc"])
 
@@ -103,15 +104,15 @@ def _accuracy(model, head, dataset):
 
 
 @pytest.mark.slow
-def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_record, digitshift, weights):
+def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_record, digitshift_small, weights):
     # by hand: image tower halfway between pre-trained and fine-tuned, text tower pre-trained; the head halfway
     # between the zero-shot head (pre-trained text tower) and the head of the fine-tuned text tower
     pretrained, finetuned = _state(weights), _state(carot_record.paths.model)
     model, tokenizer = create_model("digit-vit-t", None)
     model.load_state_dict(finetuned)
-    finetuned_head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
+    finetuned_head = classifier_head(model, tokenizer, digitshift_small.classnames, digitshift_small.zeroshot_templates)
     model.load_state_dict(pretrained)
-    zeroshot_head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
+    zeroshot_head = classifier_head(model, tokenizer, digitshift_small.classnames, digitshift_small.zeroshot_templates)
     model.load_state_dict({k: (pretrained[k] + finetuned[k]) / 2 if k.startswith("visual.") else pretrained[k]
                            for k in pretrained})
     head = torch.nn.Linear(zeroshot_head.in_features, zeroshot_head.out_features)
@@ -120,18 +121,18 @@ def test_wise_ft_as_released_blends_the_image_tower_and_the_two_heads(carot_reco
     middle = carot_record.wise_ft[1]
     assert middle.alpha == 0.5
     for name in ("mnist", "rendered"):
-        assert middle.tests[name].acc == pytest.approx(_accuracy(model.eval(), head, digitshift.tests[name]), abs=1e-9)
+        assert middle.tests[name].acc == pytest.approx(_accuracy(model.eval(), head, digitshift_small.tests[name]), abs=1e-9)
 
 
 @pytest.mark.slow
-def test_wise_ft_all_weights_rebuilds_the_head_from_the_blended_text_tower(carot_record, digitshift, weights, tmp_path):
+def test_wise_ft_all_weights_rebuilds_the_head_from_the_blended_text_tower(carot_record, digitshift_small, weights, tmp_path):
     record = run(_config(weights, tmp_path / "all", *CAROT, "eval.wise_alphas=[0.5]", "eval.wise_ft=all_weights",
                          "eval.temperature_scaling=false"), progress=False)
     pretrained, finetuned = _state(weights), _state(record.paths.model)
     model, tokenizer = create_model("digit-vit-t", None)
     model.load_state_dict({k: torch.lerp(pretrained[k], finetuned[k], 0.5) for k in pretrained})
-    head = classifier_head(model, tokenizer, digitshift.classnames, digitshift.zeroshot_templates)
-    assert record.wise_ft[0].tests["uci"].acc == pytest.approx(_accuracy(model.eval(), head, digitshift.tests["uci"]))
+    head = classifier_head(model, tokenizer, digitshift_small.classnames, digitshift_small.zeroshot_templates)
+    assert record.wise_ft[0].tests["uci"].acc == pytest.approx(_accuracy(model.eval(), head, digitshift_small.tests["uci"]))
 
 
 @pytest.mark.slow
@@ -224,10 +225,10 @@ def test_each_method_trains_what_it_should(weights, tmp_path, method, visual_mov
         assert head["weight"].shape == (10, before["visual.proj"].shape[1])
 
 
-def test_zeroshot_method_equals_zeroshot_evaluation(digitshift, weights, tmp_path):
+def test_zeroshot_method_equals_zeroshot_evaluation(digitshift_small, weights, tmp_path):
     record = run(_config(weights, tmp_path / "zs", "method=zeroshot"), progress=False)
     model, tokenizer = create_model("digit-vit-t", str(weights))
-    for name, report in evaluate_zeroshot(model, tokenizer, digitshift).items():
+    for name, report in evaluate_zeroshot(model, tokenizer, digitshift_small).items():
         assert record.tests[name].acc == report["acc"]
         assert record.tests[name].ece == pytest.approx(report["ece"])
     assert record.summary["sigma_min"] == record.summary["sigma_min_pretrained"]

@@ -50,6 +50,7 @@ UCI_PRETRAIN_FRACTION = 1 / 3
 RENDERED_PER_CLASS = {"pretrain": 150, "rendered": 500}
 ID_TEST = "mnist"
 TEST_SETS = (ID_TEST, "uci", "rendered", *(f"mnist-c{s}" for s in corruptions.SEVERITIES))
+SMALL_TEST_PER_CLASS = 20  # digitshift-small
 
 # Independent random streams, so that changing one part leaves the others as they were.
 _STREAMS = {"mnist": 0, "uci": 1, "rendered-pretrain": 2, "rendered-test": 3, "corrupt-pretrain": 4, "corrupt-test": 5}
@@ -185,13 +186,37 @@ def load_digitshift(seed: int = 0, progress: bool = True, data: DataConfig | Non
 
     ``data`` (the run config's data section) has nothing to set for an embedded benchmark.
     """
+    return _benchmark("digitshift", _load_or_build(seed, progress), seed)
+
+
+@register_benchmark("digitshift-small", version=VERSION, train_size=MNIST_SPLIT["train"] * len(captions.DIGIT_NAMES))
+def load_digitshift_small(seed: int = 0, progress: bool = True, data: DataConfig | None = None) -> Benchmark:
+    """digitshift with each test set cut to its first ``SMALL_TEST_PER_CLASS`` images of every class (200 per set,
+    1,200 in all instead of 23,201); pretraining pool, training and validation sets unchanged.
+
+    For smoke runs and the test suite, where evaluation would otherwise dominate: a 200-image ECE has a
+    noise floor near 10%, so it resolves nothing. Never for results.
+    """
     sets = _load_or_build(seed, progress)
+    for name in TEST_SETS:
+        sets[name] = _first_per_class(sets[name], SMALL_TEST_PER_CLASS)
+    return _benchmark("digitshift-small", sets, seed)
+
+
+def _first_per_class(data: dict, per_class: int) -> dict:
+    labels = data["labels"]
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in labels.unique()]).sort().values
+    return {key: value[keep] if isinstance(value, torch.Tensor) else [value[i] for i in keep.tolist()]
+            for key, value in data.items()}
+
+
+def _benchmark(name: str, sets: dict[str, dict], seed: int) -> Benchmark:
     datasets = {
-        name: ImageSet(data["images"], data["labels"], {k: data[k] for k in ("source", "domain", "detail")})
-        for name, data in sets.items()
+        set_name: ImageSet(data["images"], data["labels"], {k: data[k] for k in ("source", "domain", "detail")})
+        for set_name, data in sets.items()
     }
     return Benchmark(
-        name="digitshift",
+        name=name,
         classnames=list(captions.DIGIT_NAMES),
         templates=list(captions.CAPTION_TEMPLATES),
         zeroshot_templates=list(captions.ZEROSHOT_TEMPLATES),
