@@ -195,7 +195,8 @@ def load_digitshift_small(seed: int = 0, progress: bool = True, data: DataConfig
     1,200 in all instead of 23,201); pretraining pool, training and validation sets unchanged.
 
     For smoke runs and the test suite, where evaluation would otherwise dominate: a 200-image ECE has a
-    noise floor near 10%, so it resolves nothing. Never for results.
+    noise floor of several points (about sqrt(5) times that of 1,000 images), so it resolves nothing.
+    Never for results.
     """
     sets = _load_or_build(seed, progress)
     for name in TEST_SETS:
