@@ -167,7 +167,7 @@ def test_the_job_pruner_keeps_the_first_value_of_an_epoch_reported_twice(tmp_pat
     assert study.trials[-1].intermediate_values == {1: 0.5}
 
 
-def test_the_progress_line_counts_running_failed_and_retried_points():
+def test_the_progress_line_counts_running_queued_failed_and_retried_points():
     from harness.sweep.claims import point_states, progress
 
     def trial(point, state, **attrs):
@@ -178,10 +178,11 @@ def test_the_progress_line_counts_running_failed_and_retried_points():
               trial("b", TrialState.FAIL, error="boom"), trial("b", TrialState.COMPLETE),  # retried, then done
               trial("c", TrialState.FAIL, error="x"), trial("c", TrialState.FAIL, error="y"),  # failed for good (1 retry)
               trial("d", TrialState.FAIL, error="boom"), trial("d", TrialState.RUNNING),  # retrying now
-              trial("e", TrialState.FAIL, error="interrupted (Ctrl-C)"), trial("e", TrialState.RUNNING)]  # not a failure
+              trial("e", TrialState.FAIL, error="interrupted (Ctrl-C)"), trial("e", TrialState.RUNNING),  # not a failure
+              trial("f", TrialState.WAITING), trial("g", TrialState.WAITING)]  # queued, not running
     counts = progress(point_states(trials), retries=1)
-    assert (counts.settled, counts.running, counts.failed, counts.retried) == (3, 2, 1, 2)
-    assert counts.line() == "running 2, failed 1, retried 2"
+    assert (counts.settled, counts.running, counts.queued, counts.failed, counts.retried) == (3, 2, 2, 1, 2)
+    assert counts.line() == "running 2, queued 2, failed 1, retried 2"
 
 
 def test_the_first_result_told_wins_and_a_second_is_dropped(tmp_path):

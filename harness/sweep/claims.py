@@ -104,10 +104,16 @@ class PointState:
     """What the study holds about one (params, seed) point, over all its trials."""
 
     done: bool = False  # complete or pruned
-    active: bool = False  # waiting, or running somewhere
+    queued: bool = False  # a trial of it waits for a driver to claim it
+    running: bool = False  # a trial of it was claimed and runs (or waits for resources) somewhere
     failures: int = 0  # failed attempts that count towards launcher.max_retries
     last: optuna.trial.FrozenTrial | None = None
     run_dir: str | None = None  # where earlier attempts ran: a retry resumes there
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: another trial of it must not be started."""
+        return self.queued or self.running
 
     def settled(self, retries: int) -> bool:
         """Done, or failed more often than ``launcher.max_retries`` allows: nothing more to run."""
@@ -119,18 +125,20 @@ class Progress:
     """What the progress line counts, over every driver sharing the study."""
 
     settled: int  # points with nothing more to run
-    running: int  # points waiting or running somewhere
+    running: int  # points claimed by a driver and running somewhere
+    queued: int  # points waiting to be claimed
     failed: int  # points that failed more often than launcher.max_retries allows
     retried: int  # points with a failed attempt that were (or are being) tried again
 
     def line(self) -> str:
-        return f"running {self.running}, failed {self.failed}, retried {self.retried}"
+        return f"running {self.running}, queued {self.queued}, failed {self.failed}, retried {self.retried}"
 
 
 def progress(states: dict[str, PointState], retries: int) -> Progress:
     failed = sum(1 for s in states.values() if not s.done and s.failures > retries)
     return Progress(settled=sum(1 for s in states.values() if s.done or (s.settled(retries) and not s.active)),
-                    running=sum(1 for s in states.values() if s.active), failed=failed,
+                    running=sum(1 for s in states.values() if s.running),
+                    queued=sum(1 for s in states.values() if s.queued and not s.running), failed=failed,
                     retried=sum(1 for s in states.values() if s.failures > 0) - failed)
 
 
@@ -145,8 +153,10 @@ def point_states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, PointState
         state.run_dir = trial.user_attrs.get("run_dir", state.run_dir)
         if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
             state.done = True
-        elif trial.state in (TrialState.WAITING, TrialState.RUNNING):
-            state.active = True
+        elif trial.state == TrialState.WAITING:
+            state.queued = True
+        elif trial.state == TrialState.RUNNING:
+            state.running = True
         elif not str(trial.user_attrs.get("error")).startswith(INTERRUPTED):
             state.failures += 1
     return states
