@@ -1,4 +1,5 @@
-"""Optimizer set-up shared by pretraining and fine-tuning: decay groups and the warm-up + cosine schedule."""
+"""Optimizer set-up shared by pretraining and fine-tuning (decay groups, the warm-up + cosine schedule) and the
+fine-tuning step (scaled backward, clipping, AdamW)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,16 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, factor: 
     """lr of each group = base x factor x the group's own ``lr_mult`` (default 1)."""
     for group in optimizer.param_groups:
         group["lr"] = base_lr * factor * group.get("lr_mult", 1.0)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      grad_clip: float | None) -> None:
+    """Gradients of ``loss`` (scaled for fp16; a no-op scaler otherwise), clipped to a global norm of ``grad_clip``
+    on the true (unscaled) gradients, then the optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()

@@ -39,7 +39,12 @@ from harness.trial.distributed import (
 )
 from harness.trial.ema import EMATeacher, momentum_at
 from harness.trial.evaluate import head_logits, image_features, set_report
-from harness.trial.optim import cosine_with_warmup, decay_groups, set_learning_rate
+from harness.trial.optim import (
+    backward_and_step,
+    cosine_with_warmup,
+    decay_groups,
+    set_learning_rate,
+)
 from harness.trial.pretrain import embedded_weights
 from harness.trial.terms import contrastive_terms, cross_entropy_terms, weighted_loss
 
@@ -189,13 +194,7 @@ class Trainer:
         if not math.isfinite(reported["loss"]):  # every rank stops together
             values = ", ".join(f"{k}={v:.4g}" for k, v in reported.items())
             raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if optim.grad_clip:
-            self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], optim.grad_clip)
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        backward_and_step(loss, optimizer, self.scaler, optim.grad_clip)
         if optim.logit_scale_max is not None:  # open_clip's clamp; the released CaRot code has none
             with torch.no_grad():
                 self.model.logit_scale.clamp_(max=math.log(optim.logit_scale_max))
