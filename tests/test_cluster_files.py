@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmark_files import write_benchmark
+from imagenet_trees import imagenet_family
 
 from harness.commands.sweep import main as sweep_main
 from harness.data import require_known_benchmark
@@ -113,8 +115,10 @@ def test_jobs_take_their_thread_count_from_the_slurm_allocation(monkeypatch):
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_sweep_validates_with_registered_benchmarks(path):
-    spec = load_spec(path)
+def test_every_shipped_sweep_validates_with_registered_benchmarks(path, tmp_path):
+    # a spec for the user's own data names a placeholder benchmark file: give it one
+    placeholder = ["base.data.benchmark=" + str(write_benchmark(tmp_path).file)] if path.name == "file_ablation.yaml" else []
+    spec = load_spec(path, placeholder)
     points = grid_points(spec) if spec.sampler.name == "grid" else [({}, spec.seeds[0])]
     for params, seed in points:
         require_known_benchmark(trial_config(spec, params, seed, Path("."), SWEEPS).data.benchmark)
@@ -152,11 +156,13 @@ def test_imagenet_sweeps_hold_the_papers_settings(path):
     ("imagenet_ablation.yaml", ["--profile", "gpu-8"], IMAGENET_SWEEPS["imagenet_ablation.yaml"], 8),
     ("imagenet_baselines.yaml", [], IMAGENET_SWEEPS["imagenet_baselines.yaml"], 1),
 ])
-def test_imagenet_dry_run_prints_plan_and_sbatch_without_slurm_and_creates_nothing(tmp_path, monkeypatch, capsys,
+def test_imagenet_dry_run_prints_plan_and_sbatch_without_slurm_and_creates_nothing(tmp_path, tmp_path_factory,
+                                                                                   monkeypatch, capsys,
                                                                                    path, args, variants, gpus):
+    root = imagenet_family(tmp_path_factory.mktemp("datasets"), train_per_class=1)  # the dry run checks the layout
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch, srun or squeue: a laptop
     monkeypatch.chdir(tmp_path)  # the spec's storage and output dir are relative: they would land here
-    assert sweep_main([str(SWEEPS / path), "--dry-run", *args]) == 0
+    assert sweep_main([str(SWEEPS / path), "--dry-run", f"--set=base.data.root={root}", *args]) == 0
     out = capsys.readouterr().out
     assert f"{len(variants)} trials, launcher slurm" in out and f"profile gpu-{gpus}" in out
     assert all(f"variant={v!r} | seed=0" in out for v in variants)

@@ -40,7 +40,7 @@ def test_overrides_do_not_touch_the_input():
         ("", ["loss.label_smoothing=1.5"], "loss.label_smoothing", "less than 1"),
         ("", ["optim.lr=-1"], "optim.lr", "greater than 0"),
         ("", ["ema.period=0"], "ema.period", "greater than or equal to 1"),
-        ("", ["method=sgd"], "method", "'carot'"),
+        ("", ["method=sgd"], "method", "available: zeroshot, lp, ft, lpft, flyp, carot"),
         ("", ["ema.m_src=0.95"], "ema.m_src", "must not exceed"),
     ],
 )

@@ -22,7 +22,6 @@ from harness.data.finetune_captions import (
 )
 from harness.data.imagenet import (
     OBJECTNET_BORDER,
-    LabelSpace,
     imagenet_a,
     imagenet_classnames,
     imagenet_folder,
@@ -32,9 +31,8 @@ from harness.data.imagenet import (
     imagenet_v2,
     objectnet,
     objectnet_mapping,
-    project_logits,
-    projected_logits_and_labels,
 )
+from harness.data.image_files import LabelSpace, project_logits, projected_logits_and_labels
 from harness.data.pipeline import EpochSampler, clip_preprocess, make_loader
 from harness.trial.evaluate import set_report
 
@@ -95,7 +93,7 @@ def test_r_and_a_subset_from_folders_present(tmp_path, loader):
     data = loader(root, to_tensor)
     assert data.class_subset == PICK
     assert data.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # positions in the subset
-    assert data.imagenet_labels.tolist() == [i for i in PICK for _ in range(2)]
+    assert data.benchmark_labels.tolist() == [i for i in PICK for _ in range(2)]
     assert data.classnames == tuple(imagenet_classnames()[i] for i in PICK)
 
 
@@ -122,7 +120,7 @@ def test_subset_projection_matches_hand_computation(tmp_path):
 
 def test_full_space_projection_is_identity():
     logits = torch.randn(3, 1000)
-    assert project_logits(logits, LabelSpace.full()) is logits
+    assert project_logits(logits, LabelSpace.full(imagenet_classnames())) is logits
 
 
 # --------------------------------------------------------------------------- ObjectNet

@@ -12,20 +12,20 @@ import torch
 
 from harness.core.cli import config_parser, parse_config
 from harness.core.config import RunConfig
-from harness.data import load_benchmark, require_known_benchmark
+from harness.data import load_benchmark
 from harness.data.pipeline import clip_preprocess
-from harness.models.clip import create_model, logit_scale, require_known_model
+from harness.models.clip import create_model, logit_scale
 from harness.trial.compute import resolve_device
 from harness.trial.distributed import SINGLE_PROCESS
 from harness.trial.evaluate import evaluate_zeroshot, format_table
+from harness.trial.preflight import preflight
 from harness.trial.pretrain import ensure_embedded_weights
 
 
 def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(config_parser("python -m harness.evaluate", __doc__), RunConfig, argv)
     torch.manual_seed(config.seed)
-    require_known_model(config.model.name, config.model.pretrained)
-    require_known_benchmark(config.data.benchmark)
+    preflight([config])
     model, tokenizer = create_model(config.model.name, ensure_embedded_weights(config.model))
     model.to(resolve_device(config.compute, SINGLE_PROCESS))
     benchmark = load_benchmark(config.data.benchmark, data=config.data)

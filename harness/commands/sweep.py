@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(args.spec, overrides)
     out = (Path(spec.out) if spec.out else Path("outputs") / spec.name).resolve()
     sweep = Sweep(spec, args.spec.parent, out, spec.storage or default_storage(out))
+    sweep.check()  # the model, its weights and the data of every known trial, before a dry run or any work
     if spec.launcher.kind == "slurm":
         if not spec.launcher.profile:
             raise ConfigError("launcher.profile: the slurm launcher needs a profile from slurm/ (--profile NAME)")

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.core.errors import ConfigError
 from harness.core.methods import CAROT_TERMS, METHODS
+from harness.core.plugins import load_plugins
 
 
 class StrictModel(BaseModel):
@@ -37,9 +39,20 @@ class ModelConfig(StrictModel):
     )
 
 
+BENCHMARK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def is_benchmark_file(benchmark: str) -> bool:
+    """Whether ``data.benchmark`` names a benchmark file (a path ending .yaml/.yml) rather than a registered name."""
+    return benchmark.endswith(BENCHMARK_FILE_SUFFIXES)
+
+
 class DataConfig(StrictModel):
-    benchmark: str = "digitshift"
-    root: str | None = Field(None, description="data root for benchmarks read from disk (digitshift ignores it)")
+    benchmark: str = Field(
+        "digitshift", description="a registered benchmark (digitshift, digitshift-small, imagenet, or a plugin's), or "
+        "the path of a benchmark file (.yaml; docs/benchmark-files.md), made absolute against the current directory")
+    root: str | None = Field(None, description="data root for benchmarks read from disk (digitshift ignores it; a "
+                             "benchmark file's relative paths resolve against it instead of the file's root)")
     num_workers: int | None = Field(
         None, ge=0, description="loader processes for benchmarks read from disk; null: CPUs - 1, at most 16"
     )
@@ -57,6 +70,12 @@ class DataConfig(StrictModel):
     objectnet_pooling: Literal["max", "logsumexp"] = Field(
         "max", description="imagenet: how the logits of an ObjectNet class with several ImageNet ids are pooled"
     )
+
+    @field_validator("benchmark")
+    @classmethod
+    def _absolute_file(cls, benchmark: str) -> str:
+        """A benchmark file is named by its absolute path: the same in every job, whatever its working directory."""
+        return os.path.abspath(benchmark) if is_benchmark_file(benchmark) else benchmark
 
 
 class LossConfig(StrictModel):
@@ -149,9 +168,12 @@ class TrackingConfig(StrictModel):
 class RunConfig(StrictModel):
     """Everything one trial needs; the same keys are what sweeps search over."""
 
+    plugins: list[str] = Field(
+        default_factory=list, description="modules imported before anything else is read (a module name or a .py "
+        "file): they register benchmarks, models and methods (docs/plugins.md)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal[tuple(METHODS)] = "zeroshot"  # type: ignore[valid-type]
+    method: str = Field("zeroshot", description="zeroshot, lp, ft, lpft, flyp, carot, or a plugin's method")
     loss: LossConfig = LossConfig()
     ema: EMAConfig = EMAConfig()
     optim: OptimConfig = OptimConfig()
@@ -164,13 +186,28 @@ class RunConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _method_loss_defaults(cls, data: Any) -> Any:
-        """Unset loss keys take the method's defaults, so the record shows the values really used."""
+        """Plugins load first (they may register the method); unset loss keys take the method's defaults, so the
+        record shows the values really used."""
+        if isinstance(data, dict):
+            load_plugins(data.get("plugins") or [])
         if isinstance(data, dict) and data.get("method", "zeroshot") in METHODS:
             loss = data.get("loss", {})
             if isinstance(loss, dict):
                 defaults = METHODS[data.get("method", "zeroshot")].loss_defaults
                 data = {**data, "loss": {**defaults, **loss}}
         return data
+
+    @field_validator("plugins")
+    @classmethod
+    def _absolute_plugin_files(cls, plugins: list[str]) -> list[str]:
+        return [os.path.abspath(name) if name.endswith(".py") else name for name in plugins]
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"unknown method; available: {', '.join(METHODS)}")
+        return method
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -277,9 +314,15 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Keys added after records were first written: left out of the digest while empty, so that existing
+# run directories and checkpoints keep their digests.
+_LATER_KEYS = ("plugins",)
+
+
 def config_hash(config: BaseModel, length: int = 12) -> str:
     """A short stable digest of a config, used to key caches."""
-    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    dumped = config.model_dump(mode="json")
+    payload = json.dumps({k: v for k, v in dumped.items() if k not in _LATER_KEYS or v}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 

@@ -70,3 +70,15 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` available as ``method=NAME`` (a plugin's own method: stages, head and loss defaults).
+
+    Its stages are those the trainer runs (``Stage``: which parameters train, with which objective); a
+    name already registered is refused, so a plugin cannot silently change a built-in method.
+    """
+    if method.name in METHODS and METHODS[method.name] != method:
+        raise ValueError(f"method {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method

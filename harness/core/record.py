@@ -19,8 +19,8 @@ from harness.core.errors import UsageError
 from harness.core.storage import atomic_write_json
 from harness.core.summary_keys import STUDENT_KEYS
 
-SCHEMA = 3  # 3: typed record; results.jsonl lines carry the schema too
-READABLE_SCHEMAS = (1, 2, 3)  # 1: no ECE intervals/floors, NLL/Brier means, sigma_min_rel; 2: no schema in results lines
+SCHEMA = 4  # 4: benchmark_file and data_digest; 3: typed record, results.jsonl lines carry the schema too
+READABLE_SCHEMAS = (1, 2, 3, 4)  # 1: no ECE intervals/floors, NLL/Brier means, sigma_min_rel; 2: no schema in results lines
 _PREFIXES = ("", "ts_", "teacher_")
 
 
@@ -160,6 +160,8 @@ class RunRecord(_Record):
     rank: int = 0
     world_size: int = 1
     benchmark: str | None = None
+    benchmark_file: str | None = None  # the benchmark file read (absolute path), for a benchmark described by a file
+    data_digest: str | None = None  # its content digest: class names, templates, every split's files, sizes and labels
     id_test: str | None = None
     ood_tests: list[str] = []
     device: str | None = None

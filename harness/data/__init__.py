@@ -7,6 +7,7 @@ from harness.data.registry import (
     ImageSet,
     available_benchmarks,
     benchmark_version,
+    check_benchmark,
     known_train_size,
     load_benchmark,
     register_benchmark,
@@ -14,5 +15,5 @@ from harness.data.registry import (
 )
 
 __all__ = [
-    "Benchmark", "ImageSet", "available_benchmarks", "benchmark_version", "known_train_size", "load_benchmark", "register_benchmark", "require_known_benchmark",
+    "Benchmark", "ImageSet", "available_benchmarks", "benchmark_version", "check_benchmark", "known_train_size", "load_benchmark", "register_benchmark", "require_known_benchmark",
 ]

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from torch.utils.data import Dataset
 
 from harness.core.errors import ConfigError
-from harness.data.imagenet import load_rgb
+from harness.data.image_files import load_rgb
 from harness.data.pipeline import mix64
 
 

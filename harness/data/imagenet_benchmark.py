@@ -35,11 +35,12 @@ from harness.data.imagenet import (
     DEFAULT_DIRS,
     OOD_SETS,
     FolderImageSet,
-    LabelSpace,
     imagenet_classnames,
     imagenet_sets,
+    imagenet_space,
 )
-from harness.data.pipeline import default_num_workers, mix64
+from harness.data.image_files import held_out_per_class
+from harness.data.pipeline import default_num_workers
 from harness.data.registry import Benchmark, register_benchmark
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,15 @@ VAL_SPLIT_SEED = 0
 def split_train_val(train: FolderImageSet, per_class: int, num_workers: int) -> tuple[FolderImageSet, FolderImageSet]:
     """Hold ``per_class`` images of each class out of ``train``: the same ones whatever the trial's seed."""
     labels = train.labels.numpy()
-    held = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) <= per_class:
-            raise ConfigError(f"data.val_per_class={per_class}: class {label} has only {len(members)} training images")
-        rng = np.random.default_rng(mix64(VAL_SPLIT_SEED, int(label)))
-        held[rng.choice(members, per_class, replace=False)] = True
+    classes, counts = np.unique(labels, return_counts=True)
+    for label, size in zip(classes.tolist(), counts.tolist()):
+        if size <= per_class:
+            raise ConfigError(f"data.val_per_class={per_class}: class {label} has only {size} training images")
+    held = held_out_per_class(labels, lambda _: per_class, VAL_SPLIT_SEED)
 
     def part(mask: np.ndarray, name: str) -> FolderImageSet:
         samples = [(train.path(i), int(labels[i])) for i in np.flatnonzero(mask)]
-        return FolderImageSet(samples, LabelSpace.full(), name=name, num_workers=num_workers)
+        return FolderImageSet(samples, imagenet_space(), name=name, num_workers=num_workers)
 
     return part(~held, "imagenet-train"), part(held, "imagenet-val")
 
@@ -74,20 +73,34 @@ def _without(table: CaptionTable, excluded: set[str]) -> CaptionTable:
                         array("L", (table.lines[i] for i in keep)))
 
 
-@register_benchmark("imagenet")
-def load_imagenet(data: DataConfig | None = None, progress: bool = True) -> Benchmark:
-    """ImageNet and the shifts present under ``data.root``; missing required parts raise ``ConfigError``."""
-    data = data or DataConfig(benchmark="imagenet")
+def check_imagenet_root(data: DataConfig) -> list[str]:
+    """The layout under ``data.root``, checked without listing any image: ImageNet's train and val folders, at least
+    one shift, and the caption table when one is named. Returns the shifts found."""
     if data.root is None:
         raise ConfigError("data.root: the imagenet benchmark reads its images from a data root (see docs/imagenet.md)")
     root = Path(data.root)
     if not root.is_dir():
         raise ConfigError(f"data.root: directory not found: {root}")
-    workers = default_num_workers() if data.num_workers is None else data.num_workers
+    for name in ("imagenet-train", "imagenet"):
+        if not (root / DEFAULT_DIRS[name]).is_dir():
+            raise ConfigError(f"data.root: {root / DEFAULT_DIRS[name]} not found (ImageNet's "
+                              f"{'training' if name == 'imagenet-train' else 'validation'} images; see docs/imagenet.md)")
     found = [name for name in OOD_SETS if (root / DEFAULT_DIRS[name]).is_dir()]
-    if not found:  # checked first: listing ImageNet's training images takes a while
+    if not found:
         expected = ", ".join(str(root / DEFAULT_DIRS[name]) for name in OOD_SETS)
         raise ConfigError(f"data.root: no distribution-shift set found (expected one of {expected})")
+    if data.captions is not None and not Path(data.captions).is_file():
+        raise ConfigError(f"data.captions: caption file not found: {data.captions}")
+    return found
+
+
+@register_benchmark("imagenet", check=check_imagenet_root)
+def load_imagenet(data: DataConfig | None = None, progress: bool = True) -> Benchmark:
+    """ImageNet and the shifts present under ``data.root``; missing required parts raise ``ConfigError``."""
+    data = data or DataConfig(benchmark="imagenet")
+    found = check_imagenet_root(data)  # first: listing ImageNet's training images takes a while
+    root = Path(data.root)
+    workers = default_num_workers() if data.num_workers is None else data.num_workers
     train, val = split_train_val(imagenet_sets(root, names=["imagenet-train"], num_workers=workers)["imagenet-train"],
                                  data.val_per_class, workers)
     tests = imagenet_sets(root, names=["imagenet"], num_workers=workers)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset
 
+from harness.core.config import DataConfig, is_benchmark_file
 from harness.core.errors import UnknownNameError
 
 # Pixel normalisation of the embedded benchmarks: grey levels in [0, 1] mapped to [-1, 1].
@@ -68,6 +70,8 @@ class Benchmark:
     tests: dict[str, Dataset]  # ID test first, then each OOD set
     id_test: str
     info: dict = field(default_factory=dict)
+    file: str | None = None  # the benchmark file it was read from (absolute), for benchmarks described by a file
+    digest: str | None = None  # content digest of a file benchmark's data (``harness.data.benchmark_file``)
 
     @property
     def ood_tests(self) -> list[str]:
@@ -90,31 +94,43 @@ class Benchmark:
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
 _VERSIONS: dict[str, int] = {}
 _TRAIN_SIZES: dict[str, int] = {}
+_CHECKS: dict[str, Callable[[DataConfig], None]] = {}
 
 
-def register_benchmark(name: str, version: int = 1, train_size: int | None = None
+def register_benchmark(name: str, version: int = 1, train_size: int | None = None,
+                       check: Callable[[DataConfig], None] | None = None
                        ) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
-    """Register a loader; ``version`` changes whenever what it serves changes (caches built on it key on it);
-    ``train_size``: the training set's size when it is fixed (what a dry run needs to count steps without data)."""
+    """Register a loader ``loader(data: DataConfig | None = None, progress: bool = True) -> Benchmark``.
+
+    ``version`` changes whenever what it serves changes (caches built on it key on it); ``train_size``: the
+    training set's size when it is fixed (what a dry run needs to count steps without data); ``check``: a quick
+    test of the config's data section (a data root's layout, say) that raises ``ConfigError``, run by the dry
+    run and before any job or pre-training, without reading the whole data set.
+    """
     def decorate(loader: Callable[..., Benchmark]) -> Callable[..., Benchmark]:
         _REGISTRY[name] = loader
         _VERSIONS[name] = version
         if train_size is not None:
             _TRAIN_SIZES[name] = train_size
+        if check is not None:
+            _CHECKS[name] = check
         return loader
 
     return decorate
 
 
 def benchmark_version(name: str) -> int:
+    """The registered version of a benchmark (a benchmark file has none: its ``digest`` says what it serves)."""
     require_known_benchmark(name)
+    if is_benchmark_file(name):
+        raise UnknownNameError(f"{name}: a benchmark file has no registered version; use its digest")
     return _VERSIONS[name]
 
 
 def known_train_size(name: str) -> int | None:
     """The training set's size when the benchmark fixes it (embedded ones), else None (it depends on the data read)."""
     require_known_benchmark(name)
-    return _TRAIN_SIZES.get(name)
+    return None if is_benchmark_file(name) else _TRAIN_SIZES.get(name)
 
 
 def available_benchmarks() -> list[str]:
@@ -122,11 +138,36 @@ def available_benchmarks() -> list[str]:
 
 
 def require_known_benchmark(name: str) -> None:
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown benchmark {name!r}; available: {', '.join(available_benchmarks())}")
+    """A registered name (plugins' included), or the path of a benchmark file that exists."""
+    from harness.core.plugins import load_installed_plugins
+
+    load_installed_plugins()
+    if is_benchmark_file(name):
+        if not Path(name).is_file():
+            raise UnknownNameError(f"data.benchmark: benchmark file not found: {name}")
+    elif name not in _REGISTRY:
+        raise UnknownNameError(f"data.benchmark: unknown benchmark {name!r}; available: {', '.join(available_benchmarks())}, "
+                               "or the path of a benchmark file (.yaml)")
+
+
+def check_benchmark(data: DataConfig) -> None:
+    """Everything about ``data`` that can be checked before any work: the name, a benchmark file with its folders,
+    columns, classes and a sample of its images, or a registered benchmark's own ``check`` (its data root)."""
+    require_known_benchmark(data.benchmark)
+    if is_benchmark_file(data.benchmark):
+        from harness.data.benchmark_file import read_benchmark_file
+
+        read_benchmark_file(data.benchmark, data)
+    elif data.benchmark in _CHECKS:
+        _CHECKS[data.benchmark](data)
 
 
 def load_benchmark(name: str, **options) -> Benchmark:
-    """Load a registered benchmark by name (``options`` go to its loader: ``data``, the config's data section; ``progress``)."""
+    """Load a benchmark by registered name or file path (``options`` go to its loader: ``data``, the config's data
+    section; ``progress``)."""
     require_known_benchmark(name)
+    if is_benchmark_file(name):
+        from harness.data.benchmark_file import load_benchmark_file
+
+        return load_benchmark_file(name, data=options.get("data"), progress=options.get("progress", True))
     return _REGISTRY[name](**options)

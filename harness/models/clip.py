@@ -25,6 +25,7 @@ with resources.as_file(resources.files("harness.models") / "configs") as _folder
 EMBEDDED_PRETRAINED = "digitshift"
 MAX_LOGIT_SCALE = 100.0  # open_clip clamps the learned scale at ln(100)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")  # open_clip names whose config and weights come from a hub repo or folder
 PROMPT_BATCH = 1000
 
 
@@ -56,12 +57,77 @@ def _muted(packages: tuple[str, ...], prefix: str = "") -> Iterator[None]:
             target.removeFilter(muted)
 
 
+def register_model_configs(path: str | os.PathLike) -> None:
+    """Register open_clip model configs (a JSON file, or a folder of them) under their file stems, as open_clip's
+    own ``add_model_config``: a plugin's way to add architectures (``model.name=STEM``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UnknownNameError(f"model configs: {path}: no such file or folder")
+    open_clip.add_model_config(path)
+
+
+def _schema(name: str) -> str | None:
+    """``hf-hub`` or ``local-dir`` for the model names that bring their config and weights with them, else None."""
+    return next((prefix[:-1] for prefix in SCHEMA_PREFIXES if name.startswith(prefix)), None)
+
+
+def _local_folder(name: str) -> Path:
+    """The folder an ``hf-hub:`` or ``local-dir:`` model is read from: the hub repo's snapshot in the local Hugging
+    Face cache (read as a local folder: no request to the hub, whose retries would take half a minute offline)."""
+    schema, identifier = name.split(":", 1)
+    if schema == "local-dir":
+        folder = Path(identifier)
+        if not (folder / "open_clip_config.json").is_file():
+            raise PretrainedWeightsError(f"model.name: {folder}/open_clip_config.json not found (a local-dir: model "
+                                         "is a folder with open_clip_config.json and its weights)")
+        return folder
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(identifier, "open_clip_config.json")
+    if not isinstance(config, str):
+        raise PretrainedWeightsError(
+            f"model.name: {identifier} is not in the local Hugging Face cache ($HF_HOME), and without network it cannot"
+            " be downloaded: load it once where there is network (e.g. a login node), or use local-dir:FOLDER")
+    return Path(config).parent
+
+
+def _check_schema_model(name: str, pretrained: str | None) -> None:
+    """An ``hf-hub:`` model must be in the local Hugging Face cache; a ``local-dir:`` one must hold its config."""
+    if pretrained is not None:
+        raise PretrainedWeightsError(f"model.pretrained: {name} brings its own weights; set model.pretrained=null "
+                                     f"(got {pretrained!r})")
+    _local_folder(name)
+
+
 def require_known_model(name: str, pretrained: str | None = None) -> None:
-    """Fail fast, before any data is built, on an unknown model name or a pretrained tag that does not fit it."""
+    """Fail fast, before any data is built, on an unknown model name, a pretrained tag that does not fit it, a
+    missing weights file, or an ``hf-hub:`` model that is not cached."""
+    if _schema(name):
+        _check_schema_model(name, pretrained)
+        return
     if name not in open_clip.list_models():
-        raise UnknownNameError(f"unknown model {name!r}; see open_clip.list_models() (small ones: digit-vit-*)")
+        raise UnknownNameError(f"model.name: unknown model {name!r}; see open_clip.list_models() (small ones: "
+                               f"{', '.join(m for m in open_clip.list_models() if m.startswith('digit-'))}), or "
+                               "hf-hub:ORG/REPO, local-dir:FOLDER")
     if _is_tag(pretrained):
         check_pretrained_tag(name, pretrained)
+    elif pretrained not in (None, EMBEDDED_PRETRAINED) and not Path(pretrained).is_file():
+        raise PretrainedWeightsError(f"model.pretrained: {pretrained}: no such weights file")
+
+
+def model_skeleton(name: str) -> torch.nn.Module:
+    """The architecture of ``name`` on the meta device: no memory, no weights, built in a fraction of a second."""
+    local = f"local-dir:{_local_folder(name)}" if _schema(name) else name
+    with _muted(("open_clip", "huggingface_hub")), torch.device("meta"):
+        return open_clip.create_model(local, pretrained=None, load_weights=False, device="meta")
+
+
+def check_orthogonality(name: str) -> None:
+    """Refuse, before any work, an architecture whose visual projection the orthogonality term cannot find."""
+    try:
+        visual_projection(model_skeleton(name))
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"model.name: {name}: {exc}") from None
 
 
 def _is_tag(pretrained: str | None) -> TypeGuard[str]:
@@ -86,7 +152,7 @@ def check_pretrained_tag(name: str, tag: str) -> None:
         raise PretrainedWeightsError(f"pretrained {tag!r} was trained with GELU: use model {base!r}, not {name!r}")
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise PretrainedWeightsError(f"unknown pretrained tag {tag!r} for {name} (known: {known}) and no such file")
+        raise PretrainedWeightsError(f"model.pretrained: unknown pretrained tag {tag!r} for {name} (known: {known}) and no such file")
     if cfg.get("quick_gelu", False) and not open_clip.get_model_config(name).get("quick_gelu", False):
         raise PretrainedWeightsError(f"pretrained {tag!r} was trained with QuickGELU: use model {name + '-quickgelu'!r}"
                                      f" (the same weights with the activation they were trained with), not {name!r}")
@@ -101,6 +167,9 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
     fit the model's activation, see ``check_pretrained_tag``).
     """
     require_known_model(name, pretrained)
+    if _schema(name):
+        local = f"local-dir:{_local_folder(name)}"
+        return _create_from_tag(local, None, device), open_clip.get_tokenizer(local)
     if _is_tag(pretrained):
         return _create_from_tag(name, pretrained, device), open_clip.get_tokenizer(name)
     weights = pretrained
@@ -116,15 +185,16 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
     return model, open_clip.get_tokenizer(name)
 
 
-def _create_from_tag(name: str, tag: str, device: str | torch.device) -> torch.nn.Module:
-    """open_clip's model with the tag's weights; a failed download or load is one line that says what to do."""
+def _create_from_tag(name: str, tag: str | None, device: str | torch.device) -> torch.nn.Module:
+    """open_clip's model with the tag's weights (or an ``hf-hub:``/``local-dir:`` model's own); a failed download or
+    load is one line that says what to do."""
     try:
         with _muted(("open_clip", "huggingface_hub")):  # their lines (and retries) would repeat the error we raise
             return open_clip.create_model(name, pretrained=tag, device=device, require_pretrained=True)
     except Exception as exc:  # open_clip raises a variety of hub / file errors
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
         raise PretrainedWeightsError(
-            f"could not load pretrained weights {tag!r} for {name}: {reason} (not cached? run the same model and tag"
+            f"could not load pretrained weights {tag or 'of the model'!r} for {name}: {reason} (not cached? run the same model and tag"
             " once where there is network, e.g. a login node, to fill the cache under $HF_HOME; or pass a local"
             " weights file; HF_HUB_OFFLINE=1 makes runs without network fail at once instead of retrying)"
         ) from exc
@@ -244,7 +314,9 @@ def visual_projection(model: torch.nn.Module) -> torch.Tensor:
             layer = getattr(layer, part, None)
         if isinstance(layer, torch.nn.Linear):
             return layer.weight.T
-    raise UnknownNameError(f"no final visual projection found in {type(visual).__name__} for the orthogonality term")
+    raise UnknownNameError(f"no final visual projection found in {type(visual).__name__} for the orthogonality term "
+                           "(loss.oc_weight; it handles ViT visual.proj, ModifiedResNet attnpool.c_proj and timm "
+                           "head.proj towers): set loss.oc_weight=0")
 
 
 def text_projection(model: torch.nn.Module) -> torch.Tensor:

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from harness.core.config import is_benchmark_file
 from harness.core.record import TrialOutcome
 from harness.sweep.claims import (
     INTERRUPTED,
@@ -29,6 +30,7 @@ from harness.sweep.preview import describe
 from harness.sweep.sink import ResultSink, result_line
 from harness.sweep.spec import SweepSpec
 from harness.sweep.study import TrialStore, open_storage, open_study, tell_result
+from harness.trial.preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ class Sweep:
         """What the dry run prints: the base configuration, each variant's changes, resources and points."""
         return describe(self.plan, self.storage)
 
+    def check(self) -> None:
+        """Check every known trial's model, weights and data before any work (``harness.trial.preflight``)."""
+        preflight(self.plan.known_configs())
+
     def prepare(self) -> None:
         """Build what every trial shares (benchmark, embedded pretrained weights) once, here, with visible progress,
         rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log;
@@ -64,17 +70,27 @@ class Sweep:
         from harness.models.clip import EMBEDDED_PRETRAINED
         from harness.trial.pretrain import ensure_pretrained
 
+        self.check()
         configs = self.plan.known_configs()
-        for data in {c.data.model_dump_json(): c.data for c in configs}.values():  # also checks data roots early
+        for data in {c.data.model_dump_json(): c.data for c in configs}.values():
             load_benchmark(data.benchmark, data=data)
         for name in sorted({c.model.name for c in configs if c.model.pretrained == EMBEDDED_PRETRAINED}):
             ensure_pretrained(name)
 
+    def data_digests(self) -> dict[str, str]:
+        """``{benchmark file: content digest}`` of the files the known trials read (none for registered benchmarks)."""
+        from harness.data.benchmark_file import benchmark_digest
+
+        sections = {c.data.model_dump_json(): c.data for c in self.plan.known_configs()}.values()
+        return {data.benchmark: benchmark_digest(data.benchmark, data) for data in sections
+                if is_benchmark_file(data.benchmark)}
+
     def open_study(self) -> optuna.Study:
         """The shared study, created under the claim lock: new drivers would otherwise race on its schema and digest."""
+        digests = self.data_digests()
         with self.lock.held():
             backend = open_storage(self.storage)
-            study = open_study(self.spec, self.storage, backend)
+            study = open_study(self.spec, self.storage, backend, digests)
         self.store = TrialStore(backend, self.spec.name)
         return study
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any
 
-from harness.core.config import RunConfig, flatten
+from harness.core.config import DataConfig, RunConfig, flatten, is_benchmark_file
 from harness.core.methods import METHODS
-from harness.data import known_train_size
+from harness.data import known_train_size, load_benchmark
 from harness.sweep.launch import load_profile, threads_per_job
 from harness.sweep.plan import Plan
 from harness.sweep.spec import VARIANT
@@ -20,9 +21,19 @@ def _flat(config: RunConfig) -> dict[str, Any]:
     return {key: value for key, value in flatten(config.model_dump(mode="json")).items() if not key.startswith(_PER_TRIAL)}
 
 
+@lru_cache(maxsize=8)
+def _train_size(data_json: str) -> int | None:
+    """The training set's size: fixed by an embedded benchmark, listed from a benchmark file's folders or CSV (cheap:
+    no image is decoded but a checked sample), unknown for a registered benchmark read from disk (ImageNet)."""
+    data = DataConfig.model_validate_json(data_json)
+    if is_benchmark_file(data.benchmark):
+        return len(load_benchmark(data.benchmark, data=data, progress=False).train)
+    return known_train_size(data.benchmark)
+
+
 def _steps(config: RunConfig) -> str:
-    """Optimizer steps per epoch and in all, when the training set's size is known without reading the data."""
-    size = known_train_size(config.data.benchmark)
+    """Optimizer steps per epoch and in all, when the training set's size is known without reading all the data."""
+    size = _train_size(config.data.model_dump_json())
     method = METHODS[config.method]
     if not method.trains:
         return "no training"

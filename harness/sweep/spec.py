@@ -99,6 +99,8 @@ class SweepSpec(StrictModel):
     storage: str | None = Field(None, description="null: sqlite in the output dir; journal:PATH; any SQLAlchemy URL")
     out: str | None = Field(None, description="output dir; null: outputs/<name>")
     tracking: TrackingConfig = TrackingConfig()
+    plugins: list[str] = Field(default_factory=list, description="modules (or .py files, relative to the spec's folder) "
+                               "every trial imports first: they register benchmarks, models and methods")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
@@ -161,10 +163,17 @@ def _probe_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def _base_data(spec: SweepSpec, folder: Path) -> dict[str, Any]:
+    """The base run config's mapping, with the spec's plugins added to the base's own."""
     if isinstance(spec.base, str):
         base_path = Path(spec.base)
-        return read_yaml(base_path if base_path.is_absolute() else folder / base_path)
-    return dict(spec.base)
+        data = read_yaml(base_path if base_path.is_absolute() else folder / base_path)
+    else:
+        data = dict(spec.base)
+    if spec.plugins:
+        named = [str(folder / name) if name.endswith(".py") and not Path(name).is_absolute() else name
+                 for name in spec.plugins]
+        data["plugins"] = list(dict.fromkeys([*(data.get("plugins") or []), *named]))
+    return data
 
 
 def base_config(spec: SweepSpec, folder: Path) -> RunConfig:

@@ -71,18 +71,26 @@ def make_pruner(name: str, warmup: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def spec_digest(spec: SweepSpec) -> str:
-    payload = json.dumps({k: v for k, v in spec.model_dump(mode="json").items() if k in _DIGEST_KEYS}, sort_keys=True)
+def spec_digest(spec: SweepSpec, data_digests: dict[str, str] | None = None) -> str:
+    """What defines the sweep's trials: its spec's keys, and the content digests of the benchmark files it reads
+    (``{file: digest}``; none for registered benchmarks), so that changed data is not mixed into a study."""
+    fields = {k: v for k, v in spec.model_dump(mode="json").items() if k in _DIGEST_KEYS}
+    if data_digests:
+        fields["data"] = data_digests
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def open_study(spec: SweepSpec, storage: str, backend: optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """Create the study named after the sweep, or re-open it; a different sweep under the same name is refused.
+def open_study(spec: SweepSpec, storage: str, backend: optuna.storages.BaseStorage | None = None,
+               data_digests: dict[str, str] | None = None) -> optuna.Study:
+    """Create the study named after the sweep, or re-open it; a different sweep under the same name, or the same
+    sweep on changed data, is refused.
 
-    ``backend``: ``storage`` opened already (``open_storage``), to share it with a ``TrialStore``."""
+    ``backend``: ``storage`` opened already (``open_storage``), to share it with a ``TrialStore``;
+    ``data_digests``: see ``spec_digest``."""
     backend = backend or open_storage(storage)
     directions = [objective.direction for objective in spec.objectives]
-    digest = spec_digest(spec)
+    digest = spec_digest(spec, data_digests)
     try:
         existing = optuna.load_study(study_name=spec.name, storage=backend)
     except KeyError:
@@ -91,8 +99,9 @@ def open_study(spec: SweepSpec, storage: str, backend: optuna.storages.BaseStora
         raise UsageError(f"storage {shown(storage)!r} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if existing is not None:
         if existing.user_attrs.get("spec_digest") != digest or [d.name.lower() for d in existing.directions] != directions:
-            raise UsageError(f"a different study named {spec.name!r} already exists in {shown(storage)}; rename the sweep "
-                             "or use another storage (nothing was changed)")
+            data = " (or its benchmark files' data changed: their content digest differs)" if data_digests else ""
+            raise UsageError(f"a different study named {spec.name!r} already exists in {shown(storage)}{data}; rename "
+                             "the sweep or use another storage (nothing was changed)")
     study = optuna.create_study(study_name=spec.name, storage=backend, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec.pruner.name, spec.pruner.warmup_epochs))
     if existing is None:

@@ -62,7 +62,7 @@ def set_logits_and_labels(logits: torch.Tensor, dataset: Dataset) -> tuple[torch
     """A set's logits over its own classes and its labels: a set with a label space (ImageNet-R/-A: 200
     classes, ObjectNet: 113) gets the benchmark's logits projected onto its classes before the softmax."""
     if hasattr(dataset, "label_space"):
-        from harness.data.imagenet import projected_logits_and_labels
+        from harness.data.image_files import projected_logits_and_labels
 
         return projected_logits_and_labels(logits, dataset)
     return logits, dataset.labels

@@ -30,6 +30,7 @@ from harness.core.errors import UsageError
 from harness.core.record import SCHEMA, RunRecord
 from harness.core.storage import atomic_torch_save
 from harness.data import Benchmark, load_benchmark, require_known_benchmark
+from harness.data.benchmark_file import benchmark_digest
 from harness.data.pipeline import clip_preprocess
 from harness.models.clip import require_known_model
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
@@ -80,13 +81,19 @@ def _base_record(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
-    """The existing successful record of this exact config, if any; another config's record is an error."""
+    """The existing successful record of this exact config and data, if any; another config's record is an error,
+    and so is a record of a benchmark file whose data has changed since."""
     path = run_dir / "record.json"
     if not path.exists():
         return None
     record = RunRecord.read(path)
     if record.config_digest != config_hash(config):
         raise UsageError(f"{run_dir} holds another trial (config digest {record.config_digest}); use another run_dir")
+    if record.data_digest is not None:
+        now = benchmark_digest(config.data.benchmark, config.data)
+        if now != record.data_digest:
+            raise UsageError(f"{run_dir} holds a trial on other data (data digest {record.data_digest}, now {now}: "
+                             f"{config.data.benchmark} changed); use another run_dir")
     return record if record.status == "ok" else None
 
 
@@ -112,7 +119,8 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     device = resolve_device(config.compute, env)
     check_precision(config.compute, device)
     benchmark = load_benchmark(config.data.benchmark, data=config.data, progress=progress)
-    record |= {"benchmark": benchmark.name, "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests,
+    record |= {"benchmark": benchmark.name, "benchmark_file": benchmark.file, "data_digest": benchmark.digest,
+               "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests,
                "device": str(device)}
     init_process_group(env, device)
     try:
