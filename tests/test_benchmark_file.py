@@ -190,6 +190,8 @@ BAD_SETTINGS = {  # (spec overrides, words): the model, its weights, the data ro
         ["base.model.name=ViT-B-16-SigLIP", "search.method.grid=[carot]"], "no final visual projection found in TimmModel"),
     "missing data root": (["base.data.root=/nowhere"], "data.root: directory not found: /nowhere"),
     "unknown benchmark": (["base.data.benchmark=digitshfit"], "unknown benchmark 'digitshfit'"),
+    "a batch larger than the training set": (["base.optim.batch_size=64"],
+                                             "optim.batch_size (64) exceeds the training set (15 images of"),
     "imagenet without its root": (["base.data.benchmark=imagenet", "base.data.root=/nowhere"],
                                   "data.root: directory not found: /nowhere"),
 }

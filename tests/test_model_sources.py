@@ -17,7 +17,7 @@ from PIL import Image
 from harness.core.config import RunConfig
 from harness.core.errors import PretrainedWeightsError
 from harness.data.pipeline import clip_preprocess
-from harness.models.clip import check_orthogonality, create_model, require_known_model
+from harness.models.clip import check_orthogonality, create_model, ensure_tag_weights, require_known_model
 from harness.trial.train import run
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]  # not CLIP's, so that the model's own are seen to apply
@@ -95,3 +95,16 @@ def test_a_zero_shot_trial_on_a_cached_hub_model(hub_cache, saved, tmp_path):
     record = run(config, progress=False)
     assert record.status == "ok", record.error
     assert record.config["model"]["name"] == hub_cache and set(record.tests) == {"val", "toy", "sketch", "photos"}
+
+
+def test_a_tags_cached_weights_are_found_and_missing_ones_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as without network, without the retries
+    with pytest.raises(PretrainedWeightsError, match="weights of ViT-B-32-quickgelu 'openai' are not in the local"):
+        ensure_tag_weights("ViT-B-32-quickgelu", "openai")
+    repo = tmp_path / "hub" / "models--timm--vit_base_patch32_clip_224.openai"  # where open_clip's tag points
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    (repo / "snapshots" / REVISION).mkdir(parents=True)
+    (repo / "snapshots" / REVISION / "open_clip_model.safetensors").write_bytes(b"weights")
+    ensure_tag_weights("ViT-B-32-quickgelu", "openai")  # found: nothing is downloaded

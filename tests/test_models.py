@@ -52,7 +52,8 @@ def test_uncached_pretrained_tag_fails_clearly_offline(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: could not load pretrained weights 'openai' for RN50-quickgelu"), result.stderr
+    assert lines[0].startswith("error: model.pretrained: the weights of RN50-quickgelu 'openai' are not in the local "
+                               "Hugging Face cache ($HF_HOME), and there is no network"), result.stderr
 
 
 def test_missing_weights_file_is_named(tmp_path):

@@ -19,14 +19,14 @@ from harness.trial.compute import resolve_device
 from harness.trial.distributed import SINGLE_PROCESS
 from harness.trial.evaluate import evaluate_zeroshot, format_table
 from harness.trial.preflight import preflight
-from harness.trial.pretrain import ensure_embedded_weights
+from harness.trial.pretrain import ensure_weights
 
 
 def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(config_parser("python -m harness.evaluate", __doc__), RunConfig, argv)
     torch.manual_seed(config.seed)
     preflight([config])
-    model, tokenizer = create_model(config.model.name, ensure_embedded_weights(config.model))
+    model, tokenizer = create_model(config.model.name, ensure_weights(config.model))
     model.to(resolve_device(config.compute, SINGLE_PROCESS))
     benchmark = load_benchmark(config.data.benchmark, data=config.data)
     benchmark.set_transforms(clip_preprocess(model, train=True), clip_preprocess(model))

@@ -14,14 +14,14 @@ from __future__ import annotations
 from harness.core.cli import config_parser, parse_config
 from harness.core.config import RunConfig
 from harness.trial.preflight import preflight
-from harness.trial.pretrain import ensure_embedded_weights
+from harness.trial.pretrain import ensure_weights
 from harness.trial.train import format_record, run
 
 
 def main(argv: list[str] | None = None) -> int:
     config, _ = parse_config(config_parser("python -m harness.train", __doc__), RunConfig, argv)
     preflight([config])  # before pre-training or building anything
-    ensure_embedded_weights(config.model)
+    ensure_weights(config.model)
     record = run(config)
     if record.status != "ok":
         print(f"trial failed: {record.error} (see {record.paths.error})")

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from harness.core.errors import PretrainedWeightsError, UnknownNameError
 
+log = logging.getLogger(__name__)
+
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
 with resources.as_file(resources.files("harness.models") / "configs") as _folder:
@@ -113,6 +115,60 @@ def require_known_model(name: str, pretrained: str | None = None) -> None:
         check_pretrained_tag(name, pretrained)
     elif pretrained not in (None, EMBEDDED_PRETRAINED) and not Path(pretrained).is_file():
         raise PretrainedWeightsError(f"model.pretrained: {pretrained}: no such weights file")
+
+
+def _tag_cached(cfg: dict) -> bool:
+    """Whether a tag's weights are in the local Hugging Face cache (the files open_clip looks for there)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))
+    if not repo:
+        return False
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+
+
+def ensure_tag_weights(name: str, pretrained: str | None) -> None:
+    """Make sure a pretrained tag's weights are on this machine before any job needs them: found in the local
+    cache, or downloaded once, here, where there is network; otherwise one line that says what to do.
+
+    The sweep driver runs it once, so that jobs do not each try (and fail) on their own."""
+    if not _is_tag(pretrained) or _schema(name):
+        return
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if _tag_cached(cfg):
+        return
+    missing = (f"model.pretrained: the weights of {name} {pretrained!r} are not in the local Hugging Face cache "
+               "($HF_HOME)")
+    advice = "run it once where there is network (e.g. a login node), or pass a local weights file"
+    host = _hub_host()
+    if host is None:  # the hub's client would retry for half a minute before saying so
+        raise PretrainedWeightsError(f"{missing}, and there is no network to download them: {advice}")
+    log.info("downloading the weights of %s %r from %s (once; cached under $HF_HOME)", name, pretrained, host)
+    try:
+        with _muted(("open_clip", "huggingface_hub")):
+            open_clip.download_pretrained(cfg)
+    except Exception as exc:  # a hub error, a refused connection, a full disk
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise PretrainedWeightsError(f"{missing} and the download failed ({exc.__class__.__name__}: "
+                                     f"{reason[:160]}): {advice}") from exc
+
+
+def _hub_host() -> str | None:
+    """The Hugging Face endpoint's host when its name resolves (a DNS lookup, no request); None when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return None
+    return host
 
 
 def model_skeleton(name: str) -> torch.nn.Module:

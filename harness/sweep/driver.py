@@ -63,19 +63,18 @@ class Sweep:
         preflight(self.plan.known_configs())
 
     def prepare(self) -> None:
-        """Build what every trial shares (benchmark, embedded pretrained weights) once, here, with visible progress,
-        rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log;
-        a benchmark read from disk is listed, so a wrong data root fails here, before any job starts."""
+        """Build what every trial shares (benchmark, pre-trained weights) once, here, with visible progress, rather
+        than in the first jobs, where it would run with a fraction of the cores and its progress in a log: the
+        embedded model is pre-trained, a tag's weights found in the cache or downloaded, a benchmark on disk listed."""
         from harness.data import load_benchmark
-        from harness.models.clip import EMBEDDED_PRETRAINED
-        from harness.trial.pretrain import ensure_pretrained
+        from harness.trial.pretrain import ensure_weights
 
         self.check()
         configs = self.plan.known_configs()
         for data in {c.data.model_dump_json(): c.data for c in configs}.values():
             load_benchmark(data.benchmark, data=data)
-        for name in sorted({c.model.name for c in configs if c.model.pretrained == EMBEDDED_PRETRAINED}):
-            ensure_pretrained(name)
+        for model in {c.model.model_dump_json(): c.model for c in configs}.values():  # pre-trained or downloaded once
+            ensure_weights(model)
 
     def data_digests(self) -> dict[str, str]:
         """``{benchmark file: content digest}`` of the files the known trials read (none for registered benchmarks)."""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from typing import Any
 
-from harness.core.config import DataConfig, RunConfig, flatten, is_benchmark_file
+from harness.core.config import RunConfig, flatten
 from harness.core.methods import METHODS
-from harness.data import known_train_size, load_benchmark
 from harness.sweep.launch import load_profile, threads_per_job
 from harness.sweep.plan import Plan
 from harness.sweep.spec import VARIANT
+from harness.trial.preflight import train_size
 
 # Keys that differ between the trials of one variant, or say nothing about what trains.
 _PER_TRIAL = ("seed", "run_dir", "tracking.")
@@ -21,19 +20,13 @@ def _flat(config: RunConfig) -> dict[str, Any]:
     return {key: value for key, value in flatten(config.model_dump(mode="json")).items() if not key.startswith(_PER_TRIAL)}
 
 
-@lru_cache(maxsize=8)
-def _train_size(data_json: str) -> int | None:
-    """The training set's size: fixed by an embedded benchmark, listed from a benchmark file's folders or CSV (cheap:
-    no image is decoded but a checked sample), unknown for a registered benchmark read from disk (ImageNet)."""
-    data = DataConfig.model_validate_json(data_json)
-    if is_benchmark_file(data.benchmark):
-        return len(load_benchmark(data.benchmark, data=data, progress=False).train)
-    return known_train_size(data.benchmark)
-
-
-def _steps(config: RunConfig) -> str:
-    """Optimizer steps per epoch and in all, when the training set's size is known without reading all the data."""
-    size = _train_size(config.data.model_dump_json())
+def _steps(config: RunConfig, sizes: dict[str, int | None]) -> str:
+    """Optimizer steps per epoch and in all, when the training set's size is known without reading all the data
+    (``sizes``: the sizes found so far, by data section)."""
+    key = config.data.model_dump_json()
+    if key not in sizes:
+        sizes[key] = train_size(config.data)
+    size = sizes[key]
     method = METHODS[config.method]
     if not method.trains:
         return "no training"
@@ -72,9 +65,10 @@ def describe(plan: Plan, storage: str) -> str:
     spec = plan.spec
     base = plan.config({}, spec.seeds[0], plan.out)
     lines = ["base configuration:", *describe_base(base)]
+    sizes: dict[str, int | None] = {}
     variants = VARIANT in spec.search and spec.search[VARIANT].grid
     if not variants:
-        lines.append(f"  steps: {_steps(base)}")
+        lines.append(f"  steps: {_steps(base, sizes)}")
     else:
         lines.append("variants (changes from the base):")
         flat_base = _flat(base)
@@ -82,6 +76,6 @@ def describe(plan: Plan, storage: str) -> str:
             config = plan.config({VARIANT: name}, spec.seeds[0], plan.out)
             changes = {key: value for key, value in _flat(config).items() if flat_base.get(key) != value}
             shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "none"
-            lines.append(f"  {name}: {shown}; steps: {_steps(config)}")
+            lines.append(f"  {name}: {shown}; steps: {_steps(config, sizes)}")
     lines += ["resources:", describe_resources(plan), "", plan.describe(storage)]
     return "\n".join(lines)

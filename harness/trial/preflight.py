@@ -12,11 +12,28 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-from harness.core.config import RunConfig
-from harness.data import check_benchmark
+from harness.core.config import DataConfig, RunConfig, is_benchmark_file
+from harness.core.errors import UsageError
+from harness.core.methods import METHODS
+from harness.data import check_benchmark, known_train_size, load_benchmark
 from harness.models.clip import check_orthogonality, require_known_model
 
 log = logging.getLogger(__name__)
+
+
+def train_size(data: DataConfig) -> int | None:
+    """The training set's size when it is known without reading the data in full: fixed by an embedded benchmark,
+    listed from a benchmark file's folders or CSVs; None for a registered benchmark read from disk (ImageNet)."""
+    if is_benchmark_file(data.benchmark):
+        return len(load_benchmark(data.benchmark, data=data, progress=False).train)
+    return known_train_size(data.benchmark)
+
+
+def _check_batch(config: RunConfig, size: int | None) -> None:
+    """A training method needs at least one full batch per epoch."""
+    if METHODS[config.method].trains and size is not None and size < config.optim.batch_size:
+        raise UsageError(f"optim.batch_size ({config.optim.batch_size}) exceeds the training set ({size} images of "
+                         f"{config.data.benchmark}); lower it for method {config.method}")
 
 
 def uses_projection(config: RunConfig) -> bool:
@@ -26,6 +43,7 @@ def uses_projection(config: RunConfig) -> bool:
 
 def preflight(configs: Iterable[RunConfig]) -> None:
     """Check every distinct model and data section among ``configs``; raises ``UsageError`` on the first problem."""
+    configs = list(configs)
     models, data_sections, projections = {}, {}, set()
     for config in configs:
         models[(config.model.name, config.model.pretrained)] = config.model
@@ -38,4 +56,7 @@ def preflight(configs: Iterable[RunConfig]) -> None:
         check_orthogonality(name)
     for data in data_sections.values():
         check_benchmark(data)
+    sizes = {key: train_size(data) for key, data in data_sections.items()}
+    for config in configs:
+        _check_batch(config, sizes[config.data.model_dump_json()])
     log.debug("preflight: %d model(s), %d data section(s) checked", len(models), len(data_sections))

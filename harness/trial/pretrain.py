@@ -6,7 +6,7 @@ domain. Weights are a plain ``state_dict`` (load with ``weights_only=True``); a 
 them holds the config, the zero-shot metrics and the final logit scale. ``ensure_pretrained``
 builds the default weights once per architecture and caches them keyed by everything that
 changes them: the config, the benchmark's version and the optimizer rules below. The entry
-points call it before a model is built (``ensure_embedded_weights``); ``embedded_weights`` only
+points call it before a model is built (``ensure_weights``); ``embedded_weights`` only
 looks the cache entry up.
 
 Pretraining keeps open_clip's rules whatever fine-tuning uses: no weight decay on gains, biases,
@@ -40,6 +40,7 @@ from harness.models.clip import (
     EMBEDDED_PRETRAINED,
     MAX_LOGIT_SCALE,
     create_model,
+    ensure_tag_weights,
     encode_images,
     encode_texts,
 )
@@ -169,7 +170,7 @@ def ensure_pretrained(model_name: str, progress: bool = True) -> Path:
 def embedded_weights(model: ModelConfig) -> str | None:
     """The weights ``create_model`` gets for ``model``: the cache entry for the embedded ones, else as configured.
 
-    Looks up only: pre-training is a job of its own, which the entry points run first (``ensure_embedded_weights``).
+    Looks up only: pre-training is a job of its own, which the entry points run first (``ensure_weights``).
     """
     if model.pretrained != EMBEDDED_PRETRAINED:
         return model.pretrained
@@ -181,8 +182,11 @@ def embedded_weights(model: ModelConfig) -> str | None:
     return str(path)
 
 
-def ensure_embedded_weights(model: ModelConfig, progress: bool = True) -> str | None:
-    """``embedded_weights``, pre-training the embedded model first when its cache entry is missing."""
+def ensure_weights(model: ModelConfig, progress: bool = True) -> str | None:
+    """``embedded_weights``, made available first: the embedded model pre-trained when its cache entry is missing,
+    an open_clip tag's weights found in the local cache or downloaded once (``ensure_tag_weights``)."""
     if model.pretrained == EMBEDDED_PRETRAINED:
         ensure_pretrained(model.name, progress)
+    else:
+        ensure_tag_weights(model.name, model.pretrained)
     return embedded_weights(model)
