@@ -59,7 +59,7 @@ class FakeTraining:
         self.runs: list[tuple[Path, float, int]] = []
         self.before: Callable[[], None] | None = None
 
-    def __call__(self, config, callbacks=None, progress=True, env=None) -> RunRecord:
+    def __call__(self, config, callbacks=None, progress=True, env=None, benchmarks=None) -> RunRecord:
         if self.before is not None:
             self.before()
         run_dir, optim = Path(config.run_dir), config.optim

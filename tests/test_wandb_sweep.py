@@ -136,7 +136,7 @@ def agent_run(tmp_path, monkeypatch):
 
 
 def _fake_run(seen: list, status: str = "ok"):
-    def run(config, callbacks=None, progress=True, env=None):
+    def run(config, callbacks=None, progress=True, env=None, benchmarks=None):
         assert env is not None and not env.is_distributed  # the agent's trial is one process
         seen.append((config, callbacks, wandb.run))
         return RunRecord(status=status, summary={"val_acc": 0.5}, error=None if status == "ok" else "boom",

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(args.spec, overrides)
     out = (Path(spec.out) if spec.out else Path("outputs") / spec.name).resolve()
     sweep = Sweep(spec, args.spec.parent, out, spec.storage or default_storage(out))
-    sweep.check()  # the model, its weights and the data of every known trial, before a dry run or any work
+    if args.dry_run or args.engine == "wandb":  # Sweep.run checks them first, before any pre-training or job
+        sweep.check()  # the model, its weights and the data of every known trial
     if spec.launcher.kind == "slurm":
         if not spec.launcher.profile:
             raise ConfigError("launcher.profile: the slurm launcher needs a profile from slurm/ (--profile NAME)")

@@ -5,6 +5,7 @@ from harness.data import imagenet_benchmark as _imagenet  # noqa: F401  (registe
 from harness.data.registry import (
     Benchmark,
     ImageSet,
+    LoadedBenchmarks,
     available_benchmarks,
     benchmark_version,
     check_benchmark,
@@ -15,5 +16,5 @@ from harness.data.registry import (
 )
 
 __all__ = [
-    "Benchmark", "ImageSet", "available_benchmarks", "benchmark_version", "check_benchmark", "known_train_size", "load_benchmark", "register_benchmark", "require_known_benchmark",
+    "Benchmark", "ImageSet", "LoadedBenchmarks", "available_benchmarks", "benchmark_version", "check_benchmark", "known_train_size", "load_benchmark", "register_benchmark", "require_known_benchmark",
 ]

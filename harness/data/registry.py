@@ -171,3 +171,24 @@ def load_benchmark(name: str, **options) -> Benchmark:
 
         return load_benchmark_file(name, data=options.get("data"), progress=options.get("progress", True))
     return _REGISTRY[name](**options)
+
+
+class LoadedBenchmarks:
+    """Benchmarks loaded once per process and shared, read-only, by the trials it runs (a warm sweep worker's).
+
+    Keyed by the config's data section, and for a benchmark file by its content digest too, so that data
+    changed on disk is loaded again rather than served stale.
+    """
+
+    def __init__(self):
+        self._loaded: dict[str, Benchmark] = {}
+
+    def load(self, data: DataConfig, progress: bool = True) -> Benchmark:
+        key = data.model_dump_json()
+        if is_benchmark_file(data.benchmark):
+            from harness.data.benchmark_file import benchmark_digest
+
+            key += benchmark_digest(data.benchmark, data)
+        if key not in self._loaded:
+            self._loaded[key] = load_benchmark(data.benchmark, data=data, progress=progress)
+        return self._loaded[key]

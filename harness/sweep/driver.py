@@ -34,7 +34,7 @@ from harness.trial.preflight import preflight
 
 log = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.5
+_POLL_SECONDS = 0.1  # how often running jobs are looked at (a warm worker's reply, a job's result file)
 _CLAIM_SECONDS = 2.0  # how often an idle driver looks for work again (e.g. a retry another driver's trial left)
 
 
@@ -63,13 +63,12 @@ class Sweep:
         preflight(self.plan.known_configs())
 
     def prepare(self) -> None:
-        """Build what every trial shares (benchmark, pre-trained weights) once, here, with visible progress, rather
+        """After ``check``: build what every trial shares (benchmark, pre-trained weights) once, here, with visible progress, rather
         than in the first jobs, where it would run with a fraction of the cores and its progress in a log: the
         embedded model is pre-trained, a tag's weights found in the cache or downloaded, a benchmark on disk listed."""
         from harness.data import load_benchmark
         from harness.trial.pretrain import ensure_weights
 
-        self.check()
         configs = self.plan.known_configs()
         for data in {c.data.model_dump_json(): c.data for c in configs}.values():
             load_benchmark(data.benchmark, data=data)
@@ -126,13 +125,30 @@ class Sweep:
 
     def run(self) -> int:
         """Run the sweep to its end: 0, 1 when a point failed for good, 130 on Ctrl-C."""
+        self.check()  # bad input stops here: nothing started, nothing written
         self.out.mkdir(parents=True, exist_ok=True)
-        self.prepare()
-        study = self.open_study()
+        self.launcher.start()  # warm workers import while this driver prepares
+        try:
+            self.prepare()
+            study = self.open_study()
+            with self.lock.held():
+                self._settle(study)
+                self.record_missing(study)
+            status = self._loop(study)
+        finally:
+            self.launcher.close()
+        if status == 130:
+            return status
         with self.lock.held():
-            self._settle(study)
             self.record_missing(study)
-        self.launcher.start()
+        failures = failed_points(study.get_trials(deepcopy=False), self.spec.launcher.max_retries)
+        if failures:
+            log.error("failed trials: %s", "; ".join(failures))
+            return 1
+        return 0
+
+    def _loop(self, study: optuna.Study) -> int:
+        """Keep ``parallelism`` trials in flight until every point is settled: 0, or 130 on Ctrl-C."""
         parallelism = self.spec.launcher.parallelism
         running: list[Running] = []
         bar = tqdm(total=self.plan.total(), desc=self.spec.name)
@@ -161,12 +177,6 @@ class Sweep:
             log.warning("interrupted: run the same command again to continue")
             return 130
         bar.close()
-        with self.lock.held():
-            self.record_missing(study)
-        failures = failed_points(study.get_trials(deepcopy=False), self.spec.launcher.max_retries)
-        if failures:
-            log.error("failed trials: %s", "; ".join(failures))
-            return 1
         return 0
 
     def _show(self, bar: tqdm, study: optuna.Study) -> None:

@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 import yaml
@@ -22,6 +22,9 @@ from harness.core.config import StrictModel, build
 from harness.core.errors import ConfigError, UsageError
 from harness.core.record import TrialOutcome
 from harness.sweep.context import TrialContext
+
+if TYPE_CHECKING:
+    from harness.data import LoadedBenchmarks
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"  # the repository's slurm/
 
@@ -102,22 +105,29 @@ class TrialJob(submitit.helpers.Checkpointable):
     """The body of one job; requeued as is on preemption (the trial resumes from its run dir)."""
 
     def __call__(self, config: dict[str, Any], context: TrialContext | None, threads: int) -> TrialOutcome:
-        import torch
+        return run_trial(config, context, threads)
 
-        from harness.core.config import RunConfig
-        from harness.sweep.tracking import tracker_for
-        from harness.trial.callbacks import TrainCallbacks
-        from harness.trial.distributed import environment_from_env
-        from harness.trial.train import run
 
-        torch.set_num_threads(job_threads(threads))
-        run_config = RunConfig.model_validate(config)
-        env = environment_from_env()  # several tasks per job: one trial over all of them (submitit returns task 0's)
-        callbacks = tracker_for(run_config, context) if env.is_main else TrainCallbacks()
-        record = run(run_config, callbacks=callbacks, progress=False, env=env)
-        if env.is_main:
-            callbacks.finish(record)
-        return TrialOutcome.of(record)
+def run_trial(config: dict[str, Any], context: TrialContext | None, threads: int,
+              benchmarks: LoadedBenchmarks | None = None) -> TrialOutcome:
+    """One trial with its tracking and pruning callbacks: what a job (or a warm worker) runs. ``benchmarks``: a
+    ``LoadedBenchmarks`` the process keeps between its trials."""
+    import torch
+
+    from harness.core.config import RunConfig
+    from harness.sweep.tracking import tracker_for
+    from harness.trial.callbacks import TrainCallbacks
+    from harness.trial.distributed import environment_from_env
+    from harness.trial.train import run
+
+    torch.set_num_threads(job_threads(threads))
+    run_config = RunConfig.model_validate(config)
+    env = environment_from_env()  # several tasks per job: one trial over all of them (submitit returns task 0's)
+    callbacks = tracker_for(run_config, context) if env.is_main else TrainCallbacks()
+    record = run(run_config, callbacks=callbacks, progress=False, env=env, benchmarks=benchmarks)
+    if env.is_main:
+        callbacks.finish(record)
+    return TrialOutcome.of(record)
 
 
 def threads_per_job(parallelism: int) -> int:

@@ -19,6 +19,7 @@ from harness.sweep.context import PruningContext, TrialContext
 from harness.sweep.launch import TrialJob, make_executor, threads_per_job
 from harness.sweep.plan import Plan
 from harness.sweep.spec import VARIANT
+from harness.sweep.warm import WarmPool
 
 _QUEUE_CHECK_SECONDS = 10.0
 _SLURM_ENDED = ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -40,11 +41,21 @@ class Launcher:
     def __init__(self, plan: Plan, storage: str):
         self.plan, self.storage = plan, storage
         self._executor: Any = None
+        self._pool: WarmPool | None = None
 
     def start(self) -> None:
-        """Build the executor (SLURM: refused where its commands are missing)."""
+        """Build the executor (SLURM: refused where its commands are missing), or the pool of warm local workers."""
         launcher = self.plan.spec.launcher
-        self._executor = make_executor(launcher.kind, self.plan.out / "jobs", launcher.parallelism, launcher.profile)
+        if launcher.kind == "local" and launcher.warm:
+            self._pool = WarmPool(self.plan.out / "jobs" / "workers", launcher.parallelism)
+            self._pool.start()
+        else:
+            self._executor = make_executor(launcher.kind, self.plan.out / "jobs", launcher.parallelism, launcher.profile)
+
+    def close(self) -> None:
+        """Let warm workers exit (a busy one after its trial)."""
+        if self._pool is not None:
+            self._pool.close()
 
     def submit(self, claims: list[Claim]) -> list[Running]:
         """Submit claimed trials; on SLURM several at once go out as one job array (one sbatch for the wave)."""
@@ -59,9 +70,12 @@ class Launcher:
                                    pruning=pruning)
             submissions.append((config.model_dump(mode="json"), context))
         threads = threads_per_job(spec.launcher.parallelism)
-        wave = self._executor.batch() if spec.launcher.kind == "slurm" and len(submissions) > 1 else nullcontext()
-        with wave:
-            jobs = [self._executor.submit(TrialJob(), config, info, threads) for config, info in submissions]
+        if self._pool is not None:
+            jobs = [self._pool.submit(config, info, threads) for config, info in submissions]
+        else:
+            wave = self._executor.batch() if spec.launcher.kind == "slurm" and len(submissions) > 1 else nullcontext()
+            with wave:
+                jobs = [self._executor.submit(TrialJob(), config, info, threads) for config, info in submissions]
         for claim, job in zip(claims, jobs):  # job ids exist once the wave is submitted
             claim.trial.set_user_attr("launcher", spec.launcher.kind)
             claim.trial.set_user_attr("job_id", str(job.job_id))

@@ -78,6 +78,8 @@ class Launcher(StrictModel):
     parallelism: int = Field(1, ge=1)
     profile: str | None = Field(None, description="slurm/<profile>.yaml")
     max_retries: int = Field(2, ge=0, description="re-launches of a trial whose job died or failed")
+    warm: bool = Field(True, description="local: each slot is a long-lived worker process that runs trial after "
+                       "trial (imports, benchmark and W&B service once); false: a fresh process per trial")
 
 
 class SweepSpec(StrictModel):

@@ -29,7 +29,7 @@ from harness.core.config import RunConfig, build, config_hash, resolve_run_dir
 from harness.core.errors import UsageError
 from harness.core.record import SCHEMA, RunRecord
 from harness.core.storage import atomic_torch_save
-from harness.data import Benchmark, load_benchmark, require_known_benchmark
+from harness.data import Benchmark, LoadedBenchmarks, require_known_benchmark
 from harness.data.benchmark_file import benchmark_digest
 from harness.data.pipeline import clip_preprocess
 from harness.models.clip import require_known_model
@@ -98,12 +98,13 @@ def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
 
 
 def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bool = True,
-        env: DistributedEnvironment = SINGLE_PROCESS) -> RunRecord:
+        env: DistributedEnvironment = SINGLE_PROCESS, benchmarks: LoadedBenchmarks | None = None) -> RunRecord:
     """Run (or resume, or return the finished record of) one trial; always leaves a record.json.
 
     Bad input (``UsageError``) propagates; any other error is recorded as ``status: failed``. With a
     multi-process ``env`` every rank trains and evaluates its share of each batch and set, every rank
-    returns the record, and rank 0 alone writes it and the weights.
+    returns the record, and rank 0 alone writes it and the weights. ``benchmarks``: the process's loaded
+    benchmarks, shared with the trials it ran before (a warm worker's); by default the benchmark is loaded anew.
     """
     config = build(RunConfig, config.model_dump(), source="config")  # again: model_copy skips the validators
     run_dir = resolve_run_dir(config)
@@ -118,7 +119,8 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     progress = progress and env.is_main
     device = resolve_device(config.compute, env)
     check_precision(config.compute, device)
-    benchmark = load_benchmark(config.data.benchmark, data=config.data, progress=progress)
+    benchmarks = benchmarks or LoadedBenchmarks()
+    benchmark = benchmarks.load(config.data, progress=progress)
     record |= {"benchmark": benchmark.name, "benchmark_file": benchmark.file, "data_digest": benchmark.digest,
                "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests,
                "device": str(device)}
