@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU check of the cluster-path issue, as one script for a machine with one CUDA GPU.
+# The GPU check of the cluster path, as one script for a machine with one CUDA GPU.
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]
 #
