@@ -21,8 +21,8 @@ from harness.commands.train import main as train_main
 from harness.core.cli import run_cli
 from harness.core.config import DataConfig
 from harness.core.errors import ConfigError
-from harness.data import check_benchmark, load_benchmark
-from harness.data.benchmark_file import benchmark_digest, read_benchmark_file
+from harness.data import LoadedBenchmarks, check_benchmark, load_benchmark
+from harness.data.benchmark_file import benchmark_digest, read_benchmark_file, training_size
 from harness.data.pipeline import clip_preprocess
 from harness.models.clip import classifier_head, create_model
 from harness.trial.evaluate import set_report
@@ -61,6 +61,7 @@ def test_validation_is_a_fixed_share_of_each_training_class(written):
     assert sorted(train + val) == sorted(written.sets["train"]) and not set(train) & set(val)
     assert sorted(name for _, name in val) == sorted(CLASSES)  # round(0.1 x 6) = 1 image of each class
     assert _as_written(_load(written.file).val, written.root) == val  # the same images on every load
+    assert training_size(read_benchmark_file(written.file, check=False)) == 6 * 3 - 3  # listed, nothing opened
     half = write_benchmark(written.root.parent / "half", val_share=0.5)
     assert sorted(name for _, name in _as_written(_load(half.file).val, half.root)) == sorted(CLASSES * 3)
 
@@ -119,6 +120,16 @@ def test_the_digest_follows_the_data_not_its_location(written, tmp_path):
     csv = relabelled.root / "sketch.csv"
     csv.write_text(csv.read_text().replace("sketches/s0.png,0", "sketches/s0.png,dog"))
     assert benchmark_digest(relabelled.file) != benchmark_digest(write_benchmark(tmp_path / "same").file)
+
+
+def test_a_process_serves_a_loaded_benchmark_again_until_its_data_changes(written):
+    loaded, data = LoadedBenchmarks(), DataConfig(benchmark=str(written.file), num_workers=0)
+    first = loaded.load(data, progress=False)
+    assert loaded.load(data, progress=False) is first
+    image = written.root / written.sets["test"][0][0]
+    image.write_bytes(image.read_bytes() + b"\0")
+    again = loaded.load(data, progress=False)
+    assert again is not first and again.digest != first.digest
 
 
 def _rewrite(written, change) -> None:

@@ -129,8 +129,8 @@ class ListedSet:
 class _Reader:
     """Lists the splits of one benchmark file against its classes and root, naming the failing key in errors."""
 
-    def __init__(self, file: Path, spec: BenchmarkFile, classnames: list[str], root: Path):
-        self.file, self.spec, self.classnames, self.root = file, spec, classnames, root
+    def __init__(self, file: Path, classnames: list[str], root: Path):
+        self.file, self.classnames, self.root = file, classnames, root
         self.index = {name: i for i, name in enumerate(classnames)}
 
     def where(self, key: str) -> str:
@@ -300,7 +300,7 @@ def read_benchmark_file(path: str | os.PathLike, data: DataConfig | None = None,
     spec = read_spec(file)
     classnames = _classnames(file, spec)
     root = _root(file, spec, data)
-    reader = _Reader(file, spec, classnames, root)
+    reader = _Reader(file, classnames, root)
     sources = {"train": spec.splits.train, "test": spec.splits.test}
     if spec.splits.pretrain is not None:
         sources["pretrain"] = spec.splits.pretrain
@@ -327,18 +327,30 @@ def _image_set(listed: ListedSet, name: str, workers: int) -> FolderImageSet:
     return FolderImageSet([(s.path, s.label) for s in listed.samples], listed.space, name=name, num_workers=workers)
 
 
-def _train_and_val(read: ReadBenchmark, workers: int) -> tuple[FolderImageSet, FolderImageSet]:
-    train = read.sets["train"]
+def _held_out(read: ReadBenchmark) -> np.ndarray | None:
+    """Which training samples form the validation split when the file names none (None when it does)."""
     if "val" in read.sets:
-        return _image_set(train, "train", workers), _image_set(read.sets["val"], "val", workers)
-    labels = np.array([s.label for s in train.samples])
+        return None
+    labels = np.array([s.label for s in read.sets["train"].samples])
     classes, counts = np.unique(labels, return_counts=True)
     for label, size in zip(classes.tolist(), counts.tolist()):
         if size < 2:
             raise ConfigError(f"{read.file}: splits.val: none given, and class {read.classnames[label]!r} has "
                               f"{size} training image (holding out val_share of each class needs 2)")
     share = read.spec.val_share
-    held = held_out_per_class(labels, lambda n: min(n - 1, max(1, round(share * n))), VAL_SPLIT_SEED)
+    return held_out_per_class(labels, lambda n: min(n - 1, max(1, round(share * n))), VAL_SPLIT_SEED)
+
+
+def training_size(read: ReadBenchmark) -> int:
+    """The number of images trials train on: the training split, less what is held out for validation."""
+    held = _held_out(read)
+    return len(read.sets["train"].samples) - (0 if held is None else int(held.sum()))
+
+
+def _train_and_val(read: ReadBenchmark, workers: int) -> tuple[FolderImageSet, FolderImageSet]:
+    train, held = read.sets["train"], _held_out(read)
+    if held is None:
+        return _image_set(train, "train", workers), _image_set(read.sets["val"], "val", workers)
     part = [ListedSet(train.key, [s for s, h in zip(train.samples, held) if h == keep], train.space)
             for keep in (False, True)]
     return _image_set(part[0], "train", workers), _image_set(part[1], "val", workers)

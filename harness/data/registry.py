@@ -150,16 +150,20 @@ def require_known_benchmark(name: str) -> None:
                                "or the path of a benchmark file (.yaml)")
 
 
-def check_benchmark(data: DataConfig) -> None:
+def check_benchmark(data: DataConfig) -> int | None:
     """Everything about ``data`` that can be checked before any work: the name, a benchmark file with its folders,
-    columns, classes and a sample of its images, or a registered benchmark's own ``check`` (its data root)."""
+    columns, classes and a sample of its images, or a registered benchmark's own ``check`` (its data root).
+
+    Returns the training set's size when it is known without reading the data in full (listed from a benchmark
+    file, or fixed by an embedded benchmark), else None."""
     require_known_benchmark(data.benchmark)
     if is_benchmark_file(data.benchmark):
-        from harness.data.benchmark_file import read_benchmark_file
+        from harness.data.benchmark_file import read_benchmark_file, training_size
 
-        read_benchmark_file(data.benchmark, data)
-    elif data.benchmark in _CHECKS:
+        return training_size(read_benchmark_file(data.benchmark, data))
+    if data.benchmark in _CHECKS:
         _CHECKS[data.benchmark](data)
+    return _TRAIN_SIZES.get(data.benchmark)
 
 
 def load_benchmark(name: str, **options) -> Benchmark:
@@ -176,8 +180,8 @@ def load_benchmark(name: str, **options) -> Benchmark:
 class LoadedBenchmarks:
     """Benchmarks loaded once per process and shared, read-only, by the trials it runs (a warm sweep worker's).
 
-    Keyed by the config's data section, and for a benchmark file by its content digest too, so that data
-    changed on disk is loaded again rather than served stale.
+    Keyed by the config's data section; a benchmark file's content digest is checked before it is served
+    again, so that data changed on disk is loaded anew rather than served stale.
     """
 
     def __init__(self):
@@ -185,10 +189,11 @@ class LoadedBenchmarks:
 
     def load(self, data: DataConfig, progress: bool = True) -> Benchmark:
         key = data.model_dump_json()
-        if is_benchmark_file(data.benchmark):
+        loaded = self._loaded.get(key)
+        if loaded is not None and loaded.digest is not None:  # a file benchmark: served again only if unchanged
             from harness.data.benchmark_file import benchmark_digest
 
-            key += benchmark_digest(data.benchmark, data)
-        if key not in self._loaded:
-            self._loaded[key] = load_benchmark(data.benchmark, data=data, progress=progress)
-        return self._loaded[key]
+            loaded = loaded if benchmark_digest(data.benchmark, data) == loaded.digest else None
+        if loaded is None:
+            loaded = self._loaded[key] = load_benchmark(data.benchmark, data=data, progress=progress)
+        return loaded

@@ -63,9 +63,9 @@ class Sweep:
         preflight(self.plan.known_configs())
 
     def prepare(self) -> None:
-        """After ``check``: build what every trial shares (benchmark, pre-trained weights) once, here, with visible progress, rather
-        than in the first jobs, where it would run with a fraction of the cores and its progress in a log: the
-        embedded model is pre-trained, a tag's weights found in the cache or downloaded, a benchmark on disk listed."""
+        """After ``check``: build what every trial shares (benchmark, pre-trained weights) once, here, with visible
+        progress, rather than in the first jobs, where it would run with a fraction of the cores and its progress in
+        a log: the embedded model is pre-trained, a tag's weights found or downloaded, a benchmark on disk listed."""
         from harness.data import load_benchmark
         from harness.trial.pretrain import ensure_weights
 

@@ -15,7 +15,8 @@ from typing import Iterable
 from harness.core.config import DataConfig, RunConfig, is_benchmark_file
 from harness.core.errors import UsageError
 from harness.core.methods import METHODS
-from harness.data import check_benchmark, known_train_size, load_benchmark
+from harness.data import check_benchmark, known_train_size
+from harness.data.benchmark_file import read_benchmark_file, training_size
 from harness.models.clip import check_orthogonality, require_known_model
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 
 def train_size(data: DataConfig) -> int | None:
     """The training set's size when it is known without reading the data in full: fixed by an embedded benchmark,
-    listed from a benchmark file's folders or CSVs; None for a registered benchmark read from disk (ImageNet)."""
+    listed from a benchmark file's folders or CSVs (no image opened); None for a registered benchmark read from
+    disk (ImageNet)."""
     if is_benchmark_file(data.benchmark):
-        return len(load_benchmark(data.benchmark, data=data, progress=False).train)
+        return training_size(read_benchmark_file(data.benchmark, data, check=False))
     return known_train_size(data.benchmark)
 
 
@@ -54,9 +56,7 @@ def preflight(configs: Iterable[RunConfig]) -> None:
         require_known_model(name, pretrained)
     for name in sorted(projections):
         check_orthogonality(name)
-    for data in data_sections.values():
-        check_benchmark(data)
-    sizes = {key: train_size(data) for key, data in data_sections.items()}
+    sizes = {key: check_benchmark(data) for key, data in data_sections.items()}
     for config in configs:
         _check_batch(config, sizes[config.data.model_dump_json()])
     log.debug("preflight: %d model(s), %d data section(s) checked", len(models), len(data_sections))
