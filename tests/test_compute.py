@@ -9,7 +9,7 @@ from harness.core.config import ComputeConfig, LossConfig
 from harness.core.errors import UsageError
 from harness.trial.compute import autocast, check_precision, resolve_device
 from harness.trial.distributed import SINGLE_PROCESS, DistributedEnvironment
-from harness.trial.terms import contrastive_terms
+from harness.trial.terms import contrastive_terms, projection_terms
 
 CPU = torch.device("cpu")
 
@@ -21,7 +21,8 @@ def _terms(model, tokenizer, compute: ComputeConfig) -> dict[str, torch.Tensor]:
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     loss = LossConfig(label_smoothing=0.1, oc_weight=0.2, cross_weight=0.05)
     with autocast(compute, CPU):
-        return contrastive_terms(model, model, images, tokens, labels, labels, loss)
+        image_rows, text_rows, scale = model(images, tokens)[:3]
+        return contrastive_terms(image_rows, text_rows[labels], scale, labels, loss) | projection_terms(model, loss)
 
 
 def test_bf16_autocast_keeps_the_weight_penalties_exact_and_the_loss_close(tiny_model):

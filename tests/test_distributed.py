@@ -1,4 +1,5 @@
-"""Two processes on halves of a batch (gloo, DDP) give the loss and gradients of one process on the whole batch.
+"""Two processes on halves of a batch (gloo, DDP) give the loss and gradients of one process on the whole batch;
+so do micro-batches (``optim.accum_steps``), in one process and in two.
 
 The workers run the real training step (``Trainer.train_step``) of the tiny random CLIP on a
 small synthetic benchmark, for a FLYP-style config (label smoothing, same-class positives), a
@@ -45,11 +46,12 @@ RTOL, ATOL = 1e-4, 1e-6
 CONTRASTIVE_CASES = {
     "flyp": ["method=flyp", "loss.label_smoothing=0.1", "loss.same_class_positives=true"],
     "carot": ["method=carot", "loss.label_smoothing=0.1", "loss.same_class_positives=true", "loss.oc_weight=0.2",
-              "loss.cross_weight=0.05", "loss.sd_weight=1.5", "ema.period=1000"],
+              "loss.cross_weight=0.05", "loss.sd_weight=1.5", "ema.period=1"],
 }
 # cross-entropy: each process's mean over its rows, averaged by DDP (ft: the image tower and the head; lp: the head)
 CASES = CONTRASTIVE_CASES | {"ft": ["method=ft", "loss.label_smoothing=0.1"], "lp": ["method=lp"]}
 SOURCES = ("tensors", "loader")
+ACCUM_STEPS = 4  # 2 processes: one image per micro-batch, and some micro-batches without a caption of their own
 WORKER_TIMEOUT_S = 120
 
 
@@ -101,11 +103,13 @@ def _plain_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str = "exact", source: str = "tensors") -> dict:
-    """One real training step of ``case``; its loss terms (main process) and every parameter's gradient."""
+def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str = "exact", source: str = "tensors",
+             accum_steps: int = 1) -> dict:
+    """One real training step of ``case``; its loss terms (main process), every parameter's gradient and the EMA
+    teacher's weights after the step's update (CaRot)."""
     config = load_run_config(None, [*CASES[case], "model.name=digit-vit-t", "model.pretrained=null",
                                     f"optim.batch_size={BATCH}", "optim.epochs=1", "data.num_workers=0",
-                                    f"run_dir={run_dir}"])
+                                    f"optim.accum_steps={accum_steps}", f"run_dir={run_dir}"])
     torch.manual_seed(0)  # the same random init on every process and in the reference
     callbacks = _Record()
     benchmark = _benchmark() if source == "tensors" else _loader_benchmark()
@@ -123,7 +127,8 @@ def one_step(case: str, env: DistributedEnvironment, run_dir: Path, gather: str 
     trainer.train_step(stage, optimizer, 0, trainer.total_steps)
     named = [*trainer.model.named_parameters(), *(("head." + n, p) for n, p in trainer.head.named_parameters())]
     grads = {name: param.grad.detach().clone() for name, param in named if param.grad is not None}
-    return {"losses": callbacks.losses, "grads": grads}
+    teacher = {name: value.clone() for name, value in trainer.teacher.model.state_dict().items()} if trainer.teacher else {}
+    return {"losses": callbacks.losses, "grads": grads, "teacher": teacher}
 
 
 def _worker(out_dir: Path, gathers: list[str]) -> None:
@@ -132,7 +137,11 @@ def _worker(out_dir: Path, gathers: list[str]) -> None:
     init_process_group(env)
     try:
         results = {gather: {case: one_step(case, env, out_dir / f"run-{gather}-{case}-{env.rank}", gather)
-                            for case in (CASES if gather == "exact" else CONTRASTIVE_CASES)} for gather in gathers}
+                            for case in (CASES if gather == "exact" else CONTRASTIVE_CASES)}
+                   for gather in gathers if gather in ("exact", "plain")}
+        if "accum" in gathers:
+            results["accum"] = {case: one_step(case, env, out_dir / f"run-accum-{case}-{env.rank}",
+                                               accum_steps=ACCUM_STEPS) for case in CASES}
         if "exact" in gathers:
             results["loader"] = {case: one_step(case, env, out_dir / f"run-loader-{case}-{env.rank}", source="loader")
                                  for case in CASES}
@@ -142,7 +151,7 @@ def _worker(out_dir: Path, gathers: list[str]) -> None:
         destroy_process_group()
 
 
-def _spawn_two(out_dir: Path, gathers: str = "exact,plain") -> list[dict]:
+def _spawn_two(out_dir: Path, gathers: str = "exact,plain,accum") -> list[dict]:
     """Run this file as 2 worker processes (gloo on CPU) and read what each wrote."""
     spawn_workers(__file__, [str(out_dir), gathers], WORKER_TIMEOUT_S)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
@@ -152,6 +161,12 @@ def _spawn_two(out_dir: Path, gathers: str = "exact,plain") -> list[dict]:
 def reference(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("single")
     return {case: one_step(case, SINGLE_PROCESS, root / case) for case in CASES}
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("single-accum")
+    return {case: one_step(case, SINGLE_PROCESS, root / case, accum_steps=ACCUM_STEPS) for case in CASES}
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +200,33 @@ def test_two_processes_match_one_on_the_whole_batch(case, source, reference, loa
         assert expected["grads"]["visual.proj"].abs().max() > 0 and expected["losses"]["sd"] > 0
     trained = {name.split(".")[0] for name in expected["grads"]}
     assert trained == {"ft": {"visual", "head"}, "lp": {"head"}}.get(case, trained)
+
+
+# AdamW's first step moves each weight by lr·g/(|g| + 1e-8): about ±lr wherever |g| >> 1e-8, so gradients equal
+# up to float rounding can still move a near-zero-gradient weight differently, by at most 2·lr (lr = 1e-4 here);
+# the teacher takes (1 - m) ≤ 1 of the student. An update per micro-batch would move it 0.05-sized steps.
+TEACHER_ATOL = 2 * 1e-4 + 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("case", list(CASES))
+def test_accumulated_micro_batches_match_one_step_on_the_whole_batch(case, processes, reference, accumulated,
+                                                                      two_processes):
+    """optim.accum_steps=4: the loss terms, gradients and EMA teacher of one step on the whole batch, in one
+    process (micro-batches of 2) and in two under DDP (micro-batches of 1, some without a caption of their own)."""
+    expected = reference[case]
+    results = [accumulated[case]] if processes == 1 else [rank["accum"][case] for rank in two_processes]
+    assert set(results[0]["losses"]) == set(expected["losses"])
+    for name, value in expected["losses"].items():
+        assert results[0]["losses"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
+    for result in results:
+        assert_gradients_match(result["grads"], expected["grads"], RTOL, ATOL)
+        assert set(result["teacher"]) == set(expected["teacher"])
+        for name, weights in expected["teacher"].items():
+            torch.testing.assert_close(result["teacher"][name], weights, rtol=0, atol=TEACHER_ATOL)
+    if case == "carot":
+        assert expected["losses"]["sd"] > 0 and expected["grads"]["logit_scale"].abs() > 0
 
 
 @pytest.mark.slow
@@ -261,3 +303,22 @@ def test_environment_from_standard_variables(monkeypatch):
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]), sys.argv[2].split(","))
+
+
+def test_environment_of_a_plain_srun_task(monkeypatch):
+    """What ``srun -n 2`` sets (checked on the local SLURM cluster); the batch script's own SLURM_NTASKS is not a
+    world (no SLURM_STEP_NUM_TASKS there: its one process would wait for tasks that never start)."""
+    for key in ("SUBMITIT_EXECUTOR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    batch_script = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "1234",
+                    "SLURM_JOB_NODELIST": "node7"}
+    for key, value in batch_script.items():
+        monkeypatch.setenv(key, value)
+    assert environment_from_env() == SINGLE_PROCESS
+    step = {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1", "SLURM_STEP_NODELIST": "node7"}
+    for key, value in step.items():
+        monkeypatch.setenv(key, value)
+    assert environment_from_env() == DistributedEnvironment(rank=3, world_size=4, local_rank=1, master_addr="node7",
+                                                            master_port=20000 + 1234)
+    monkeypatch.setenv("MASTER_PORT", "12345")
+    assert environment_from_env().master_port == 12345

@@ -20,9 +20,15 @@ def test_the_imagenet_dry_run_names_what_each_trial_will_use(capsys, tmp_path):
     assert f"model ViT-B-16-quickgelu, weights openai, benchmark imagenet, data root {root}" in out
     assert "epochs 10, batch 512, lr 1e-05" in out and "precision bf16" in out
     assert "carot: method=carot, loss.label_smoothing=0.1, loss.oc_weight=0.2, loss.sd_weight=1.5, loss.cross_weight=0.05" in out
-    assert "slurm profile gpu-1: per trial 1 process, 1 GPU(s), 12 CPUs per process, 64 GB, time limit 480 min" in out
+    assert "slurm profile gpu-1: per trial 1 process, batch 512, 1 GPU(s), 12 CPUs per process, 64 GB, time limit " \
+           "480 min" in out
     assert "#SBATCH --gpus-per-node=1" in out  # and the script submitit would submit
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    assert sweep_main([str(SWEEPS / "imagenet_ablation.yaml"), "--dry-run", "--out", str(tmp_path / "out"),
+                       f"--set=base.data.root={root}", "--set=base.optim.accum_steps=4", "--profile=gpu-2"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs 10, batch 512 = 4 micro-batches x 128 images a forward" in out
+    assert "per trial 2 processes (DDP), batch 512 = 2 processes x 4 micro-batches x 64 images a forward" in out
 
 
 def test_the_digitshift_dry_run_counts_steps_from_the_real_training_set(digitshift, capsys, tmp_path):

@@ -58,7 +58,7 @@ def test_schema_1_records_are_read_with_the_fields_they_lack_empty(tmp_path):
 @pytest.mark.parametrize("schema", [0, SCHEMA + 1, None, "2"])
 def test_other_schemas_are_refused_naming_the_version(tmp_path, schema):
     (tmp_path / "record.json").write_text(json.dumps(_record(schema=schema)))
-    with pytest.raises(UnreadableRecordError, match=f"schema {schema} cannot be read .* reads schemas 1, 2, 3, {SCHEMA}"):
+    with pytest.raises(UnreadableRecordError, match=f"schema {schema} cannot be read .* reads schemas 1, 2, 3, 4, {SCHEMA}"):
         RunRecord.read(tmp_path / "record.json")
 
 

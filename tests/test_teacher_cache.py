@@ -7,6 +7,8 @@ and the student directly, and composes the terms from ``harness.trial.losses`` b
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from gradients import assert_gradients_match
@@ -29,7 +31,7 @@ from harness.trial.losses import (
     distillation_loss,
     orthogonality_penalty,
 )
-from harness.trial.terms import contrastive_terms, weighted_loss
+from harness.trial.microbatches import MicroBatches
 
 LOSS = LossConfig(label_smoothing=0.1, oc_weight=0.2, sd_weight=0.5, cross_weight=0.05)
 CPU = torch.device("cpu")
@@ -77,10 +79,13 @@ def _reference(student, tokenizer, images, captions, teacher_outputs) -> dict[st
     }
 
 
-def _cached(student, teacher, tokenizer, images, captions, labels) -> dict[str, torch.Tensor]:
-    batch = CaptionTokens(tokenizer, CPU)(captions)
-    return contrastive_terms(student, student, images, batch.tokens, batch.index, labels, LOSS, teacher,
-                             captions=batch.texts)
+def _cached(student, teacher, tokenizer, images, captions, labels) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The trainer's step (``MicroBatches``, one micro-batch): its terms (and weighted ``loss``) and gradients."""
+    student.zero_grad(set_to_none=True)
+    step = MicroBatches(student, 1, nullcontext, torch.amp.GradScaler("cpu", enabled=False))
+    terms = step.contrastive(student, images, CaptionTokens(tokenizer, CPU)(captions), labels, LOSS, teacher)
+    values = {name: value.item() for name, value in terms.items()}
+    return values, {name: param.grad.clone() for name, param in student.named_parameters() if param.grad is not None}
 
 
 def _terms_and_grads(student, terms: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -88,7 +93,7 @@ def _terms_and_grads(student, terms: dict[str, torch.Tensor]) -> tuple[dict[str,
     total = sum(terms[name] * weight for name, weight in
                 {"contrastive": 1.0, "oc": LOSS.oc_weight, "cross": LOSS.cross_weight, "sd": LOSS.sd_weight}.items())
     total.backward()
-    values = {name: value.item() for name, value in terms.items()}
+    values = {name: value.item() for name, value in terms.items()} | {"loss": total.item()}
     return values, {name: param.grad.clone() for name, param in student.named_parameters() if param.grad is not None}
 
 
@@ -122,7 +127,7 @@ def test_a_cached_carot_step_gives_the_uncached_terms_and_gradients(models, monk
     assert len(set(first[1])) < len(first[1]) and 0 < new_captions[2] < len(set(second[1]))  # captions repeat
     for (images, captions, labels), new in zip((first, first, second), new_captions):  # cold, warm, partly new
         seen = encodings.rows
-        cached = _terms_and_grads(student, _cached(student, teacher, tokenizer, images, captions, labels))
+        cached = _cached(student, teacher, tokenizer, images, captions, labels)
         assert encodings.rows - seen == new  # only captions the cache lacks are encoded, each once
         outputs = _teacher_outputs(teacher.model, images, tokenizer(captions))
         _assert_same(cached, _terms_and_grads(student, _reference(student, tokenizer, images, captions, outputs)))
@@ -139,15 +144,15 @@ def test_an_ema_update_or_a_checkpoint_load_drops_the_cache(models):
     after = _teacher_outputs(teacher.model, images, tokens)
     stale = (after[0], before[1], after[2])  # the moved teacher's images against its old caption embeddings
 
-    terms = _cached(student, teacher, tokenizer, images, captions, labels)
+    terms, _ = _cached(student, teacher, tokenizer, images, captions, labels)
     expected = _reference(student, tokenizer, images, captions, after)["sd"].item()
-    assert terms["sd"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["sd"] == pytest.approx(expected, rel=1e-5)
     stale_sd = _reference(student, tokenizer, images, captions, stale)["sd"].item()
     assert abs(stale_sd - expected) > 1e-3 * abs(expected)  # a stale cache would show
 
     teacher.load_state_dict(state)  # as a resumed run does
-    terms = _cached(student, teacher, tokenizer, images, captions, labels)
-    assert terms["sd"].item() == pytest.approx(_reference(student, tokenizer, images, captions, before)["sd"].item(),
+    terms, _ = _cached(student, teacher, tokenizer, images, captions, labels)
+    assert terms["sd"] == pytest.approx(_reference(student, tokenizer, images, captions, before)["sd"].item(),
                                                rel=1e-5)
 
 
@@ -191,9 +196,9 @@ def test_the_cache_starts_again_when_full(models, monkeypatch):
 
 
 def test_the_weighted_loss_of_the_cached_terms_is_the_trainers(models):
-    """``weighted_loss`` is what the train step backpropagates; it weighs the terms as the reference does."""
+    """The step backpropagates the terms weighted by the λs, as the reference does."""
     student, teacher, tokenizer = models
     images, captions, labels = _batch(seed=3)
-    terms = _cached(student, teacher, tokenizer, images, captions, labels)
+    terms, _ = _cached(student, teacher, tokenizer, images, captions, labels)
     expected = terms["contrastive"] + 0.2 * terms["oc"] + 0.05 * terms["cross"] + 0.5 * terms["sd"]
-    assert weighted_loss(terms, LOSS).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["loss"] == pytest.approx(expected, rel=1e-6)

@@ -265,6 +265,52 @@ def test_non_finite_loss_fails_the_trial_with_a_record(weights, tmp_path, capsys
     assert "trial failed" in capsys.readouterr().out
 
 
+def _raise(*args, **kwargs):
+    raise OSError("injected failure")
+
+
+# Every step between the checks of the input and the training loop, as harness.trial.train calls it.
+FAILURE_POINTS = {"loading the benchmark": "LoadedBenchmarks.load", "resolving the device": "resolve_device",
+                  "joining the process group": "init_process_group", "building the trainer": "Trainer",
+                  "setting the transforms": "clip_preprocess"}
+
+
+@pytest.mark.parametrize("point", list(FAILURE_POINTS))
+def test_a_failure_before_training_leaves_a_failed_record(digitshift_small, weights, tmp_path, monkeypatch, point):
+    import harness.trial.train as train
+
+    owner, _, name = FAILURE_POINTS[point].rpartition(".")
+    monkeypatch.setattr(getattr(train, owner) if owner else train, name, _raise)
+    record = run(_config(weights, tmp_path / "run", "method=flyp"), progress=False)
+    assert record.status == "failed" and record.error == "OSError: injected failure"
+    written = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert written["status"] == "failed" and written["failed_at_step"] in (None, 0)  # before any step
+    assert "injected failure" in (tmp_path / "run" / "error.txt").read_text()
+
+
+class _FailAt(TrainCallbacks):
+    def __init__(self, step):
+        self.fail_step = step
+
+    def on_step(self, step, losses, lr):
+        if step == self.fail_step:
+            raise RuntimeError("the node went away")
+
+
+@pytest.mark.slow
+def test_a_failed_trial_resumes_whatever_watches_it(carot_record, weights, tmp_path):
+    """A sweep may switch tracking or add a pruner (per-epoch validation) between two runs: the trial is the same."""
+    overrides = [*CAROT, "eval.wise_alphas=[0.0,0.5,1.0]", "optim.checkpoint_every=7"]
+    failed = run(_config(weights, tmp_path / "r", *overrides), callbacks=_FailAt(12), progress=False)
+    assert failed.status == "failed" and failed.failed_at_step == 12
+    watched = _config(weights, tmp_path / "r", *overrides, "tracking.mode=offline", "tracking.project=elsewhere",
+                      "eval.every_epoch=true")
+    record = run(watched, progress=False)
+    assert record.resumed_from_step == 7 and record.summary == carot_record.summary
+    with pytest.raises(UsageError, match="another trial"):  # what it computes still decides
+        run(_config(weights, tmp_path / "r", *overrides, "loss.sd_weight=2.0"), progress=False)
+
+
 @pytest.mark.slow
 def test_cli_prints_the_result_table(weights, tmp_path, capsys):
     assert main([*FAST, f"model.pretrained={weights}", "method=ft", f"run_dir={tmp_path / 'cli'}"]) == 0

@@ -115,7 +115,9 @@ class OptimConfig(StrictModel):
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
     epochs: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="images per optimizer step, over all processes (the effective batch)")
+    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step, each process's rows split into "
+                             "this many forwards; the loss and gradients are the whole batch's (contrastive too)")
     warmup_steps: int = Field(10, ge=0)
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm; null = no clipping")
     weight_decay_on: Literal["all", "matrices"] = Field(
@@ -128,6 +130,12 @@ class OptimConfig(StrictModel):
     )
     lp_epochs: int = Field(2, ge=1, description="lpft only: epochs of the linear-probe stage before optim.epochs of FT")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
+
+    @model_validator(mode="after")
+    def _micro_batches_split_the_batch(self) -> "OptimConfig":
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by accum_steps ({self.accum_steps})")
+        return self
 
 
 class EvalConfig(StrictModel):
@@ -324,6 +332,25 @@ def config_hash(config: BaseModel, length: int = 12) -> str:
     dumped = config.model_dump(mode="json")
     payload = json.dumps({k: v for k, v in dumped.items() if k not in _LATER_KEYS or v}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+# Keys that change how a trial is watched, not what it computes: between two runs of a sweep, tracking may be
+# switched and a pruner added (which turns on per-epoch validation) without making its trials other trials.
+_WATCHING_KEYS = {"tracking": None, "eval": ("every_epoch",)}
+
+
+def trial_digest(config: RunConfig) -> str:
+    """The digest of what a trial computes (``config_hash`` without the watching keys): a record or checkpoint
+    belongs to a config when it carries this digest (or, written before it existed, the config's full hash)."""
+    dumped = {k: v for k, v in config.model_dump(mode="json").items() if k not in _LATER_KEYS or v}
+    for section, keys in _WATCHING_KEYS.items():
+        dumped[section] = {} if keys is None else {k: v for k, v in dumped[section].items() if k not in keys}
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def belongs_to(digest: str, config: RunConfig) -> bool:
+    """Whether a record's or checkpoint's ``digest`` is ``config``'s trial (see ``trial_digest``)."""
+    return digest in (trial_digest(config), config_hash(config))
 
 
 def resolve_run_dir(config: RunConfig) -> Path:

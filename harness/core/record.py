@@ -19,8 +19,8 @@ from harness.core.errors import UsageError
 from harness.core.storage import atomic_write_json
 from harness.core.summary_keys import STUDENT_KEYS
 
-SCHEMA = 4  # 4: benchmark_file and data_digest; 3: typed record, results.jsonl lines carry the schema too
-READABLE_SCHEMAS = (1, 2, 3, 4)  # 1: no ECE intervals/floors, NLL/Brier means, sigma_min_rel; 2: no schema in results lines
+SCHEMA = 5  # 5: throughput in the timings; 4: benchmark_file and data_digest; 3: typed record, schema in results lines
+READABLE_SCHEMAS = (1, 2, 3, 4, 5)  # 1: no ECE intervals/floors, NLL/Brier means, sigma_min_rel; 2: no schema in results lines
 _PREFIXES = ("", "ts_", "teacher_")
 
 
@@ -125,12 +125,27 @@ class EpochMetrics(_Record):
     val_nll: float
 
 
+class EpochThroughput(_Record):
+    """One epoch's training speed, over the steps this process ran of it (a resumed epoch: those after the resume)."""
+
+    epoch: int
+    steps: int
+    samples_per_s: float  # all processes together: the optimizer's batch per step
+    samples_per_s_per_process: float
+    data_wait_share: float  # of the steps' time, waiting for the next batch (loading, decoding, copying it over)
+    peak_memory_gb: float | None = None  # CUDA: the most this process's tensors held during the epoch
+
+
 class Timings(_Record):
     train_s: float
     eval_s: float
     steps: int
     step_s_median: float | None
     ema_period_steps: int | None = None
+    data_wait_s: float | None = None  # schema < 5 lacks these: time waiting for batches, and computing steps
+    compute_s: float | None = None
+    samples_per_s: float | None = None  # all processes, over every step this process ran
+    throughput: list[EpochThroughput] = []
 
 
 class Paths(_Record):

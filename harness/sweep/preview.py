@@ -37,12 +37,22 @@ def _steps(config: RunConfig, sizes: dict[str, int | None]) -> str:
     return f"{per_epoch:,} per epoch ({size:,} training images / batch {config.optim.batch_size}) x {epochs} epochs = {per_epoch * epochs:,}"
 
 
+def _batch(config: RunConfig, processes: int = 1) -> str:
+    """The optimizer's (effective) batch and, when it is split, the rows of one forward."""
+    batch, parts = config.optim.batch_size, config.optim.accum_steps
+    if processes == 1 and parts == 1:
+        return f"batch {batch}"
+    split = [f"{processes} processes"] if processes > 1 else []
+    split += [f"{parts} micro-batches"] if parts > 1 else []
+    return f"batch {batch} = {' x '.join(split)} x {batch // (processes * parts)} images a forward"
+
+
 def describe_base(config: RunConfig) -> list[str]:
     model, data, optim = config.model, config.data, config.optim
     root = f", data root {data.root}" if data.root else ""
     return [
         f"  model {model.name}, weights {model.pretrained}, benchmark {data.benchmark}{root}",
-        f"  method {config.method}, epochs {optim.epochs}, batch {optim.batch_size}, lr {optim.lr:g}, "
+        f"  method {config.method}, epochs {optim.epochs}, {_batch(config)}, lr {optim.lr:g}, "
         f"weight decay {optim.weight_decay:g}, warmup {optim.warmup_steps} steps",
         f"  precision {config.compute.precision}, device {config.compute.device}",
     ]
@@ -55,7 +65,9 @@ def describe_resources(plan: Plan) -> str:
                 f"{threads_per_job(launcher.parallelism)} of its {os.cpu_count()} CPU threads per trial")
     p = load_profile(launcher.profile or "")
     processes = f"{p.tasks_per_node} processes (DDP)" if p.tasks_per_node > 1 else "1 process"
-    return (f"  slurm profile {launcher.profile}: per trial {processes}, {p.gpus_per_node} GPU(s), {p.cpus_per_task} CPUs "
+    base = plan.config({}, plan.spec.seeds[0], plan.out)
+    return (f"  slurm profile {launcher.profile}: per trial {processes}, {_batch(base, p.tasks_per_node)}, "
+            f"{p.gpus_per_node} GPU(s), {p.cpus_per_task} CPUs "
             f"per process, {p.mem_gb} GB, time limit {p.timeout_min} min (requeued up to {p.max_timeouts} times); "
             f"{launcher.parallelism} trial(s) at once")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from harness.core.config import RunConfig, flatten, resolve_run_dir
 from harness.core.plots import draw_reliability, draw_spectrum, pooled_bins
-from harness.core.record import RunRecord
+from harness.core.record import EpochThroughput, RunRecord
 from harness.sweep.context import TrialContext
 from harness.sweep.pruning import StudyPruner
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
@@ -42,6 +42,11 @@ class TrialCallbacks(TrainCallbacks):
             self.wandb_run.log({**{f"epoch/{k}": v for k, v in metrics.items()}, STEP: metrics["step"]})
         if self.pruner is not None and self.pruner.should_stop(epoch, metrics[self.prune_metric]):
             raise TrialPruned(f"pruned at epoch {epoch}")
+
+    def on_throughput(self, step: int, throughput: EpochThroughput) -> None:
+        if self.wandb_run is not None:
+            values = throughput.model_dump(exclude={"steps"}, exclude_none=True)
+            self.wandb_run.log({**{f"throughput/{k}": v for k, v in values.items()}, STEP: step})
 
     def finish(self, record: RunRecord) -> None:
         """At the final step: every test set's metrics, reliability table and diagram, the spectrum; the summary."""

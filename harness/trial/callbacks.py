@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from harness.core.record import EpochThroughput
+
 
 class TrialPruned(Exception):
     """Raised by a callback (e.g. an Optuna pruner) to stop a trial early; recorded as status 'pruned'."""
@@ -15,3 +17,6 @@ class TrainCallbacks:
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
+
+    def on_throughput(self, step: int, throughput: EpochThroughput) -> None:
+        """After every epoch (with or without validation), ``step`` optimizer steps in: how fast it trained."""

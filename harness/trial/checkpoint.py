@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness.core.config import RunConfig, config_hash
+from harness.core.config import RunConfig, belongs_to, trial_digest
 from harness.core.errors import UsageError
 from harness.core.storage import atomic_torch_save
 
@@ -34,7 +34,7 @@ class Checkpoint:
     teacher_captions: list | None = None  # per rank, in rank order (harness.trial.ema)
 
     def save(self, path: Path, config: RunConfig) -> None:
-        atomic_torch_save(asdict(self) | {"config_digest": config_hash(config)}, path)
+        atomic_torch_save(asdict(self) | {"config_digest": trial_digest(config)}, path)
 
     @classmethod
     def load(cls, path: Path, config: RunConfig) -> Checkpoint | None:
@@ -42,6 +42,6 @@ class Checkpoint:
         if not path.exists():
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["config_digest"] != config_hash(config):
+        if not belongs_to(state["config_digest"], config):
             raise UsageError(f"{path} belongs to another config; use another run_dir")
         return cls(**{field.name: state.get(field.name) for field in fields(cls)})

@@ -1,5 +1,5 @@
 """Optimizer set-up shared by pretraining and fine-tuning (decay groups, the warm-up + cosine schedule) and the
-fine-tuning step (scaled backward, clipping, AdamW)."""
+fine-tuning step (clipping, AdamW on the scaled gradients)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,9 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, factor: 
         group["lr"] = base_lr * factor * group.get("lr_mult", 1.0)
 
 
-def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                      grad_clip: float | None) -> None:
-    """Gradients of ``loss`` (scaled for fp16; a no-op scaler otherwise), clipped to a global norm of ``grad_clip``
-    on the true (unscaled) gradients, then the optimizer step."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+def clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_clip: float | None) -> None:
+    """The optimizer step on the gradients backpropagated through ``scaler`` (a no-op scaler unless fp16), first
+    clipped to a global norm of ``grad_clip`` on the true (unscaled) gradients."""
     if grad_clip:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)

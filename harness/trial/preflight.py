@@ -31,11 +31,17 @@ def train_size(data: DataConfig) -> int | None:
     return known_train_size(data.benchmark)
 
 
-def _check_batch(config: RunConfig, size: int | None) -> None:
-    """A training method needs at least one full batch per epoch."""
-    if METHODS[config.method].trains and size is not None and size < config.optim.batch_size:
-        raise UsageError(f"optim.batch_size ({config.optim.batch_size}) exceeds the training set ({size} images of "
+def _check_batch(config: RunConfig, size: int | None, processes: int) -> None:
+    """A training method needs at least one full batch per epoch, split evenly over processes and micro-batches."""
+    optim = config.optim
+    if not METHODS[config.method].trains:
+        return
+    if size is not None and size < optim.batch_size:
+        raise UsageError(f"optim.batch_size ({optim.batch_size}) exceeds the training set ({size} images of "
                          f"{config.data.benchmark}); lower it for method {config.method}")
+    if optim.batch_size % (processes * optim.accum_steps):
+        raise UsageError(f"optim.batch_size ({optim.batch_size}) must be divisible by the processes of a trial "
+                         f"({processes}) x optim.accum_steps ({optim.accum_steps})")
 
 
 def uses_projection(config: RunConfig) -> bool:
@@ -43,8 +49,9 @@ def uses_projection(config: RunConfig) -> bool:
     return config.loss.oc_weight > 0 or config.loss.cross_weight > 0
 
 
-def preflight(configs: Iterable[RunConfig]) -> None:
-    """Check every distinct model and data section among ``configs``; raises ``UsageError`` on the first problem."""
+def preflight(configs: Iterable[RunConfig], processes: int = 1) -> None:
+    """Check every distinct model and data section among ``configs``, and that each batch splits over a trial's
+    ``processes``; raises ``UsageError`` on the first problem."""
     configs = list(configs)
     models, data_sections, projections = {}, {}, set()
     for config in configs:
@@ -58,5 +65,19 @@ def preflight(configs: Iterable[RunConfig]) -> None:
         check_orthogonality(name)
     sizes = {key: check_benchmark(data) for key, data in data_sections.items()}
     for config in configs:
-        _check_batch(config, sizes[config.data.model_dump_json()])
+        _check_batch(config, sizes[config.data.model_dump_json()], processes)
     log.debug("preflight: %d model(s), %d data section(s) checked", len(models), len(data_sections))
+
+
+def prepare_shared(configs: Iterable[RunConfig]) -> None:
+    """After ``preflight``: build what the trials of ``configs`` share once, in this process, with visible progress,
+    rather than in the first jobs, where it would run with a fraction of the cores and its progress in a log: each
+    benchmark built or listed, the embedded model pre-trained, a tag's weights found or downloaded."""
+    from harness.data import load_benchmark
+    from harness.trial.pretrain import ensure_weights
+
+    configs = list(configs)
+    for data in {c.data.model_dump_json(): c.data for c in configs}.values():
+        load_benchmark(data.benchmark, data=data)
+    for model in {c.model.model_dump_json(): c.model for c in configs}.values():
+        ensure_weights(model)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import harness
-from harness.core.config import RunConfig, build, config_hash, resolve_run_dir
+from harness.core.config import RunConfig, belongs_to, build, resolve_run_dir, trial_digest
 from harness.core.errors import UsageError
 from harness.core.record import SCHEMA, RunRecord
 from harness.core.storage import atomic_torch_save
@@ -72,7 +72,7 @@ def _base_record(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         "status": "running",
         "error": None,
         "config": config.model_dump(mode="json"),
-        "config_digest": config_hash(config),
+        "config_digest": trial_digest(config),
         "method": config.method,
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -87,7 +87,7 @@ def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
     if not path.exists():
         return None
     record = RunRecord.read(path)
-    if record.config_digest != config_hash(config):
+    if not belongs_to(record.config_digest, config):
         raise UsageError(f"{run_dir} holds another trial (config digest {record.config_digest}); use another run_dir")
     if record.data_digest is not None:
         now = benchmark_digest(config.data.benchmark, config.data)
@@ -99,9 +99,10 @@ def _finished_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
 
 def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bool = True,
         env: DistributedEnvironment = SINGLE_PROCESS, benchmarks: LoadedBenchmarks | None = None) -> RunRecord:
-    """Run (or resume, or return the finished record of) one trial; always leaves a record.json.
+    """Run (or resume, or return the finished record of) one trial; leaves a record.json unless the input is bad.
 
-    Bad input (``UsageError``) propagates; any other error is recorded as ``status: failed``. With a
+    Bad input (``UsageError``) propagates before any record is written; any other error, from loading the data
+    to the last evaluation, is recorded as ``status: failed`` (with the traceback in ``error.txt``). With a
     multi-process ``env`` every rank trains and evaluates its share of each batch and set, every rank
     returns the record, and rank 0 alone writes it and the weights. ``benchmarks``: the process's loaded
     benchmarks, shared with the trials it ran before (a warm worker's); by default the benchmark is loaded anew.
@@ -117,27 +118,43 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     record = _base_record(config, run_dir) | {"rank": env.rank, "world_size": env.world_size}
     progress = progress and env.is_main
-    device = resolve_device(config.compute, env)
-    check_precision(config.compute, device)
-    benchmarks = benchmarks or LoadedBenchmarks()
-    benchmark = benchmarks.load(config.data, progress=progress)
-    record |= {"benchmark": benchmark.name, "benchmark_file": benchmark.file, "data_digest": benchmark.digest,
-               "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests,
-               "device": str(device)}
-    init_process_group(env, device)
     try:
-        return _train_and_record(config, benchmark, run_dir, callbacks or TrainCallbacks(), progress, env, device, record)
-    finally:
-        destroy_process_group()
+        device = resolve_device(config.compute, env)
+        check_precision(config.compute, device)
+        benchmark = (benchmarks or LoadedBenchmarks()).load(config.data, progress=progress)
+        record |= {"benchmark": benchmark.name, "benchmark_file": benchmark.file, "data_digest": benchmark.digest,
+                   "id_test": benchmark.id_test, "ood_tests": benchmark.ood_tests, "device": str(device)}
+        init_process_group(env, device)
+        try:
+            return _train_and_record(config, benchmark, run_dir, callbacks or TrainCallbacks(), progress, env, device,
+                                     record)
+        finally:
+            destroy_process_group()
+    except UsageError:
+        raise
+    except Exception as exc:  # before training could start: nothing to resume from
+        return _failed(record, exc, None, env, run_dir)
+
+
+def _failed(record: dict[str, Any], exc: Exception, step: int | None, env: DistributedEnvironment,
+            run_dir: Path) -> RunRecord:
+    """The failed trial's record, saying why (the traceback in error.txt); a checkpoint is kept for a later resume."""
+    record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "failed_at_step": step}
+    if env.is_main:
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        record["paths"]["error"] = str(run_dir / "error.txt")
+    return _written(RunRecord.model_validate(record), env)
 
 
 def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
                       progress: bool, env: DistributedEnvironment, device: torch.device, record: dict[str, Any]) -> RunRecord:
-    trainer = Trainer(config, benchmark, run_dir, callbacks, env, device)
-    # sets read from files get the model's preprocessing, known once the model is built
-    benchmark.set_transforms(clip_preprocess(trainer.model, train=True), clip_preprocess(trainer.model))
+    trainer: Trainer | None = None
     started = time.perf_counter()
     try:
+        trainer = Trainer(config, benchmark, run_dir, callbacks, env, device)
+        # sets read from files get the model's preprocessing, known once the model is built
+        benchmark.set_transforms(clip_preprocess(trainer.model, train=True), clip_preprocess(trainer.model))
+        started = time.perf_counter()
         record["resumed_from_step"] = trainer.step if trainer.load_checkpoint() else None
         trainer.train(progress)
         train_seconds = time.perf_counter() - started
@@ -149,11 +166,7 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
         return _written(RunRecord.model_validate(record | {"status": "pruned", "pruned_at_step": trainer.step,
                                                           "history": trainer.history}), env)
     except Exception as exc:  # the trial failed; say why, keep the checkpoint for a later resume
-        record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "failed_at_step": trainer.step}
-        if env.is_main:
-            (run_dir / "error.txt").write_text(traceback.format_exc())
-            record["paths"]["error"] = str(run_dir / "error.txt")
-        return _written(RunRecord.model_validate(record), env)
+        return _failed(record, exc, trainer.step if trainer is not None else None, env, run_dir)
     step_seconds = trainer.step_seconds
     record |= evaluation | {
         "status": "ok",
@@ -164,7 +177,7 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
             "steps": trainer.total_steps,
             "ema_period_steps": trainer.ema_period if trainer.teacher is not None else None,
             "step_s_median": statistics.median(step_seconds) if step_seconds else None,
-        },
+        } | trainer.throughput.summary(),
     }
     record["paths"] |= paths
     finished = _written(RunRecord.model_validate(record), env)

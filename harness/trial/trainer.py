@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from harness.core.config import RunConfig
 from harness.core.errors import UsageError
 from harness.core.methods import METHODS, Stage
+from harness.core.record import EpochThroughput
 from harness.core.summary_keys import has_teacher
 from harness.data import Benchmark
 from harness.models.clip import ImageClassifier, classifier_head, create_model
@@ -39,14 +40,22 @@ from harness.trial.distributed import (
 )
 from harness.trial.ema import EMATeacher, momentum_at
 from harness.trial.evaluate import head_logits, image_features, set_report
+from harness.trial.microbatches import MicroBatches
 from harness.trial.optim import (
-    backward_and_step,
+    clip_and_step,
     cosine_with_warmup,
     decay_groups,
     set_learning_rate,
 )
 from harness.trial.pretrain import embedded_weights
-from harness.trial.terms import contrastive_terms, cross_entropy_terms, weighted_loss
+from harness.trial.throughput import ThroughputMeter
+
+
+def _show_speed(bar: tqdm, throughput: EpochThroughput) -> None:
+    """The progress bar's note: images per second of all processes, the share spent waiting for data, peak memory."""
+    memory = f", peak {throughput.peak_memory_gb:.1f} GB" if throughput.peak_memory_gb is not None else ""
+    bar.set_postfix_str(f"{throughput.samples_per_s:.0f} img/s, data wait {throughput.data_wait_share:.0%}{memory}",
+                        refresh=False)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,8 +67,10 @@ def _check_training(config: RunConfig, env: DistributedEnvironment, steps_per_ep
     method, batch_size, world_size = METHODS[config.method], config.optim.batch_size, env.world_size
     if method.trains and steps_per_epoch == 0:
         raise UsageError(f"optim.batch_size ({batch_size}) exceeds the training set ({train_size})")
-    if env.is_distributed and batch_size % world_size:
-        raise UsageError(f"optim.batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
+    parts = world_size * config.optim.accum_steps
+    if batch_size % parts:
+        raise UsageError(f"optim.batch_size ({batch_size}) must be divisible by the number of processes ({world_size}) "
+                         f"x optim.accum_steps ({config.optim.accum_steps})")
 
 
 def trainable_parameters(stage: Stage, model: torch.nn.Module, head: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -110,6 +121,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.step_seconds: list[float] = []
+        self.throughput = ThroughputMeter(config.optim.batch_size, env.world_size, device)
         self.checkpoint_path = run_dir / "checkpoint.pt"
         self._resumed_optimizer: tuple[int, dict] | None = None
 
@@ -158,13 +170,23 @@ class Trainer:
             while self.step < stage_end:
                 self.train_step(stage, optimizer, self.step - stage_start, stage_steps)
                 bar.update()
-                if self.step % self.steps_per_epoch == 0 and self.config.eval.every_epoch:
-                    self._end_epoch(self.step // self.steps_per_epoch)
+                epoch, position = divmod(self.step, self.steps_per_epoch)
+                if position == 0:
+                    self._report_throughput(bar, self.throughput.end_epoch(epoch))
+                    if self.config.eval.every_epoch:
+                        self._end_epoch(epoch)
+                elif not bar.disable:
+                    _show_speed(bar, self.throughput.epoch_so_far(epoch + 1))
                 if self.step % self.config.optim.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint(stage_index, optimizer)
                     barrier()
             stage_start = stage_end
         bar.close()
+
+    def _report_throughput(self, bar: tqdm, throughput: EpochThroughput) -> None:
+        _show_speed(bar, throughput)
+        if self.env.is_main:
+            self.callbacks.on_throughput(self.step, throughput)
 
     def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         """AdamW over what ``stage`` trains (and nothing else requires grad); the module its forward runs through."""
@@ -179,29 +201,32 @@ class Trainer:
         """One optimizer step on the batch that (seed, global step) selects; advances ``self.step``."""
         started = time.perf_counter()
         optim, batch = self.config.optim, self.batches.at(self.step)
+        fetched = time.perf_counter()
         factor = cosine_with_warmup(stage_step, stage_steps, optim.warmup_steps)
         set_learning_rate(optimizer, optim.lr, factor)
-        with autocast(self.config.compute, self.device):
-            if stage.objective == "contrastive":  # the terms of the whole batch from this process's rows of it
-                captions = self.captions(batch.captions)
-                terms = contrastive_terms(self.forward, self.model, batch.images, captions.tokens, captions.index,
-                                          batch.labels, self.config.loss, self.teacher, self.gather, captions.texts)
-            else:  # this process's rows and their labels
-                labels = batch.labels[local_rows(len(batch.labels), self.env)]
-                terms = cross_entropy_terms(self.forward, batch.images, labels, self.config.loss.label_smoothing)
-        loss = weighted_loss(terms, self.config.loss)
-        reported = mean_over_ranks(terms | {"loss": loss})  # the whole batch's, the same on every rank
+        optimizer.zero_grad(set_to_none=True)
+        micro = MicroBatches(self.forward, optim.accum_steps, lambda: autocast(self.config.compute, self.device),
+                             self.scaler)
+        if stage.objective == "contrastive":  # the terms of the whole batch from this process's rows of it
+            terms = micro.contrastive(self.model, batch.images, self.captions(batch.captions), batch.labels,
+                                      self.config.loss, self.teacher, self.gather)
+        else:  # this process's rows and their labels
+            labels = batch.labels[local_rows(len(batch.labels), self.env)]
+            terms = micro.cross_entropy(batch.images, labels, self.config.loss.label_smoothing)
+        reported = mean_over_ranks(terms)  # the whole batch's, the same on every rank
         if not math.isfinite(reported["loss"]):  # every rank stops together
             values = ", ".join(f"{k}={v:.4g}" for k, v in reported.items())
             raise NonFiniteLossError(f"non-finite loss at step {self.step} ({values})")
-        backward_and_step(loss, optimizer, self.scaler, optim.grad_clip)
+        clip_and_step(optimizer, self.scaler, optim.grad_clip)
         if optim.logit_scale_max is not None:  # open_clip's clamp; the released CaRot code has none
             with torch.no_grad():
                 self.model.logit_scale.clamp_(max=math.log(optim.logit_scale_max))
         if self.teacher is not None and (self.step + 1) % self.ema_period == 0:
             ema = self.config.ema
             self.teacher.update(self.model, momentum_at(self.step, self.total_steps, ema.m_src, ema.m_tar, ema.warmup))
-        self.step_seconds.append(time.perf_counter() - started)
+        finished = time.perf_counter()
+        self.step_seconds.append(finished - started)
+        self.throughput.add_step(fetched - started, finished - fetched)
         self.step += 1
         if self.env.is_main:
             self.callbacks.on_step(self.step - 1, reported, optim.lr * factor)
