@@ -20,10 +20,10 @@ import matplotlib
 import pandas as pd
 
 from analysis import comparison, reliability, sensitivity, spectrum, tables
-from analysis.load import NoResultsError, Results, load
+from analysis.load import Results, load
 from analysis.paired import paired_differences
 from analysis.style import save
-from harness.core.cli import command_parser, parse_args
+from harness.core.cli import command_parser, parse_args, run_cli
 
 
 @dataclass
@@ -180,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         "the sweep's group, with the project, entity and mode (offline by default) the trials used")
     args = parse_args(parser, argv)
     matplotlib.use("Agg")  # files only, on machines with or without a display
-    try:
-        results = load(args.runs)
-    except NoResultsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results = load(args.runs)  # nothing to read: a UsageError, one line and exit 2 (run_cli)
     for problem in results.problems:
         print(f"warning: {problem}", file=sys.stderr)
     report = build_report(results, args.out)
@@ -202,4 +198,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -37,6 +37,7 @@ from harness.core.record import (
     known_summary,
 )
 from harness.core.summary_keys import STUDENT_KEYS
+from harness.core.errors import UsageError
 from harness.sweep.sink import RESULTS, ResultSink
 
 RECORD_FILE = "record.json"
@@ -46,8 +47,8 @@ METRICS = ("acc", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier",
            "ece_floor", "ece_floor_sd")
 
 
-class NoResultsError(ValueError):
-    """Nothing to analyse in the given paths (the CLI exits 2)."""
+class NoResultsError(UsageError):
+    """Nothing to analyse in the given paths (the CLI exits 2 with one line)."""
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def tiny_model():
 
 
 POSTGRES_ENV = "CAROT_TEST_POSTGRES_URL"
+LOCAL_PROFILE = Path(__file__).resolve().parent / "slurm" / "local.yaml"  # the test cluster's SLURM profile
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +67,13 @@ def postgres_url():
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster():
-    """The one-node SLURM cluster that tests/slurm/start-local-cluster.sh starts (.ci/run does); skip without it."""
+def slurm_cluster() -> Path:
+    """The one-node SLURM cluster that tests/slurm/start-local-cluster.sh starts (.ci/run does), as the path of its
+    profile (``--profile``); skip without it."""
     if shutil.which("sinfo") is None:
         pytest.skip("no SLURM here: run tests/slurm/start-local-cluster.sh (.ci/run does)")
     states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     if states.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states.stdout.split()):
         pytest.skip(f"SLURM is installed but no node is up ({(states.stderr or states.stdout).strip()[:100]}): "
                     "run tests/slurm/start-local-cluster.sh")
+    return LOCAL_PROFILE

@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -300,9 +302,13 @@ def test_cli_writes_every_supported_figure(sweep, tmp_path, capsys):
     assert {"paired.md", "paired.tex", "paired.csv", "sigma_min_correlations.csv"} <= {p.name for p in out.iterdir()}
 
 
-def test_cli_on_an_empty_directory_exits_2(tmp_path, capsys):
-    assert figures_main([str(tmp_path)]) == 2
-    assert "error: no finished trials" in capsys.readouterr().err
+def test_cli_on_nothing_to_read_exits_2_with_one_line(tmp_path):
+    """As a user runs it: an empty directory or an unreachable storage is one line on stderr and exit 2."""
+    for source, message in ((tmp_path, "error: no finished trials"),
+                            (f"sqlite:///{tmp_path}/absent/study.db", "error: storage 'sqlite:///")):
+        done = subprocess.run([sys.executable, "-m", "analysis.figures", str(source), "--out", str(tmp_path / "f")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
     with pytest.raises(NoResultsError, match="no such directory"):
         load([tmp_path / "absent"])
 

@@ -1,5 +1,8 @@
 """Selection of a sweep's parameter point on ID validation data (python -m analysis.select)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from test_analysis import nll_of, random_values, write_sweep
@@ -81,3 +84,14 @@ def test_an_objective_no_trial_records_exits_2(tmp_path, capsys):
     spec.write_text(_spec(tmp_path / "x.yaml").read_text().replace("{key: val_nll,", "{key: ts_val_nll,"))
     code, _, err = _run([str(spec), "--out", str(out)], capsys)
     assert code == 2 and err.splitlines()[-1] == "error: objective ts_val_nll: no finished trial records it in its summary"
+
+
+def test_a_warning_is_printed_once(tmp_path):
+    """As a user runs it: choosing on a test-set key warns, once (one handler on the root logger)."""
+    out = _results(tmp_path / "run")
+    spec = tmp_path / "id.yaml"
+    spec.write_text(_spec(tmp_path / "x.yaml").read_text().replace("{key: val_nll,", "{key: id_nll,"))
+    done = subprocess.run([sys.executable, "-m", "analysis.select", str(spec), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("is not an ID-validation key") == 1, done.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from benchmark_files import write_benchmark
+from conftest import LOCAL_PROFILE
 from imagenet_trees import imagenet_family
 
 from harness.commands.sweep import main as sweep_main
@@ -47,9 +48,12 @@ def _section(script: str, title: str) -> list[str]:
     return lines[start:lines.index("", start)]
 
 
-@pytest.mark.parametrize("name, gpus", [("gpu-1", 1), ("gpu-2", 2), ("gpu-8", 8), ("local", 0)])
+LOCAL = str(LOCAL_PROFILE)  # a profile file of one's own (the test cluster's)
+
+
+@pytest.mark.parametrize("name, gpus", [("gpu-1", 1), ("gpu-2", 2), ("gpu-8", 8), (LOCAL, 0)])
 def test_each_profile_renders_the_sbatch_script_it_promises(tmp_path, name, gpus):
-    raw = yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+    raw = yaml.safe_load((PROFILE_DIR / f"{name}.yaml" if name != LOCAL else LOCAL_PROFILE).read_text())
     script = render_sbatch(name, tmp_path / "jobs", parallelism=4)
     flags = _flags(script)
     assert flags["gpus-per-node"] == str(gpus)
@@ -90,7 +94,7 @@ def test_the_rendered_script_is_what_the_executor_submits(tmp_path, monkeypatch)
     (bin_dir / "srun").chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)  # a relative jobs folder: the executor makes it absolute, and so must the rendering
-    for name in ("gpu-8", "local"):
+    for name in ("gpu-8", LOCAL):
         slurm = make_executor("slurm", Path("jobs"), 4, name)._executor
         assert slurm.max_num_timeout == load_profile(name).max_timeouts
         submitted = slurm._make_submission_file_text(slurm._submitit_command_str, "uid")
@@ -102,7 +106,7 @@ def test_submitits_private_sbatch_template_still_takes_what_the_dry_run_passes()
     from submitit.slurm.slurm import _make_sbatch_string
 
     accepted = inspect.signature(_make_sbatch_string).parameters
-    for name in ("gpu-1", "gpu-8", "local"):
+    for name in ("gpu-1", "gpu-8", LOCAL):
         passed = {"command", "folder", "map_count", *slurm_parameters(load_profile(name), 4)}
         assert passed <= set(accepted), sorted(passed - set(accepted))
 

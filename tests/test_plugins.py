@@ -147,7 +147,7 @@ def test_a_sweep_on_the_local_launcher_uses_a_plugin(tmp_path, private_cache):
 @pytest.mark.slow
 def test_a_sweep_on_slurm_uses_a_plugin(slurm_cluster, tmp_path, private_cache):
     path = _plugin_sweep(tmp_path)
-    assert sweep_main([str(path), "--launcher", "slurm", "--profile", "local"]) == 0
+    assert sweep_main([str(path), "--launcher", "slurm", "--profile", str(slurm_cluster)]) == 0
     _check_plugged(tmp_path / "out", path.parent / "toy_plugin.py")
 
 

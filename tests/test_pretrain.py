@@ -1,10 +1,13 @@
+import fcntl
 import json
 import math
 
 import pytest
 import torch
 
+import harness.commands.pretrain as pretrain_command
 from harness.commands.pretrain import main as pretrain_main
+from harness.core.storage import CACHE_ENV
 from harness.models.clip import create_model
 from harness.trial.optim import cosine_with_warmup
 
@@ -63,3 +66,24 @@ def test_default_pretraining_reaches_the_stated_zero_shot_accuracy(digitshift, t
     ood = [acc for name, acc in accuracy.items() if name != summary["id_test"]]
     assert accuracy[summary["id_test"]] >= 0.85, accuracy
     assert sum(ood) / len(ood) >= 0.65, accuracy
+
+
+def test_the_command_builds_the_cache_entry_under_the_sweeps_lock(monkeypatch, tmp_path):
+    """``python -m harness.pretrain`` and a sweep's first use (``ensure_pretrained``) write one cache entry: the
+    command holds the entry's lock while it trains, so a sweep starting meanwhile waits instead of writing too."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    held = []
+
+    def fake_pretrain(config, out, progress=True):
+        with open(out.with_suffix(".lock"), "a") as handle:  # another open file: flock conflicts even in-process
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return {"logit_scale": 30.0, "steps": 0, "train_seconds": 0.0, "zeroshot": {}, "id_test": "mnist"}
+
+    monkeypatch.setattr(pretrain_command, "pretrain", fake_pretrain)
+    assert pretrain_command.main(["model=digit-vit-t"]) == 0
+    assert pretrain_command.main(["model=digit-vit-t", "--out", str(tmp_path / "mine.pt")]) == 0
+    assert held == [True, False]  # the cache entry under its lock; a file of the user's own needs none

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import submitit
 import torch
 import yaml
 
@@ -29,7 +30,7 @@ def _results(out: Path) -> list[dict]:
 
 def test_smoke_sweep_through_slurm(slurm_cluster, tmp_path, private_cache):
     out = tmp_path / "out"
-    assert sweep_main([str(ROOT / "sweeps" / "smoke.yaml"), "--launcher", "slurm", "--profile", "local",
+    assert sweep_main([str(ROOT / "sweeps" / "smoke.yaml"), "--launcher", "slurm", "--profile", str(slurm_cluster),
                        "--out", str(out)]) == 0
     lines = _results(out)
     assert sorted(line["params"]["method"] for line in lines) == ["carot", "flyp"]
@@ -55,24 +56,42 @@ def _job_ids(out: Path) -> list[str]:
     return [json.loads(value) for (value,) in rows]
 
 
-def test_jobs_of_a_killed_driver_are_adopted_not_rerun(slurm_cluster, tmp_path, private_cache):
-    """kill -9 the driver while its jobs run on SLURM; the same command again waits for them (squeue) and takes
-    their records: no trial runs twice."""
+def _submit_driver(command: list[str]) -> str:
+    """Run the submitting command; the driver's SLURM job id it prints."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("SLURM job ")[1].split(",")[0]
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.5)
+
+
+def _in_queue(job_id: str) -> bool:
+    return job_id in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+def test_a_driver_job_cancelled_mid_sweep_is_resubmitted_and_adopts_its_trials(slurm_cluster, tmp_path, private_cache):
+    """The driver runs as a SLURM job (--driver-job); scancel it once both trial jobs are submitted; the same
+    command again submits a new driver job, which waits for the running trial jobs (squeue) and takes their records:
+    every point once, nothing submitted twice."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "harness.sweep", str(ROOT / "sweeps" / "smoke.yaml"), "--launcher", "slurm",
-               "--profile", "local", "--out", str(out)]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_job_ids(out)) < 2:
-        time.sleep(0.5)
-    driver.kill()
-    driver.wait()
-    assert len(_job_ids(out)) == 2, "the driver did not submit both jobs in time"
-    assert sweep_main(command[3:]) == 0
+               "--profile", str(slurm_cluster), "--out", str(out), "--driver-job"]
+    first = _submit_driver(command)
+    _wait_for(lambda: len(_job_ids(out)) == 2, 180, "the driver job submitting both trial jobs")
+    subprocess.run(["scancel", first], check=True)
+    _wait_for(lambda: not _in_queue(first), 60, "the cancelled driver job leaving the queue")
+    second = _submit_driver(command)
+    _wait_for(lambda: not _in_queue(second), 300, "the resubmitted driver job finishing")
     trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}").trials
     assert len(trials) == 2 and {t.state.name for t in trials} == {"COMPLETE"}
     assert len(list((out / "jobs").glob("*_submitted.pkl"))) == 2  # nothing was submitted again
     assert sorted(line["params"]["method"] for line in _results(out)) == ["carot", "flyp"]
+    assert submitit.SlurmJob(folder=out / "driver", job_id=second).result() == 0  # the driver job's exit code
 
 
 def _signal_at_first_checkpoint(out: Path, timeout_s: float = 240) -> list[str]:

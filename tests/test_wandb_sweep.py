@@ -8,18 +8,24 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
 import yaml
 
+import harness.trial.pretrain
 import harness.trial.train
+from harness.commands.sweep import main as sweep_main
 from harness.core.cli import run_cli
 from harness.core.errors import ConfigError
 from harness.core.record import RunRecord
+from harness.core.storage import CACHE_ENV, atomic_torch_save
+from harness.models.clip import create_model
 from harness.sweep.spec import load_spec, point_key
 from harness.sweep.wandb_sweep import AgentTrial, run_wandb_sweep, sweep_config
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
-TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "optim": {"epochs": 1}}
+TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
+        "optim": {"epochs": 1}}
 CAROT = {**TINY, "method": "carot"}
 
 
@@ -99,7 +105,7 @@ def test_run_wandb_sweep_refuses_without_online_tracking(tmp_path, monkeypatch, 
                     f"this spec has tracking.mode={mode}")
 
 
-def test_run_wandb_sweep_creates_the_sweep_and_runs_an_agent(tmp_path, monkeypatch):
+def test_run_wandb_sweep_creates_or_joins_a_sweep_with_the_engines_run_cap(tmp_path, monkeypatch):
     calls = {}
     monkeypatch.setattr(wandb, "sweep", lambda config, **kw: calls.update(sweep=(config, kw)) or "abc123")
     monkeypatch.setattr(wandb, "agent", lambda sweep_id, **kw: calls.update(agent=(sweep_id, kw)))
@@ -107,13 +113,50 @@ def test_run_wandb_sweep_creates_the_sweep_and_runs_an_agent(tmp_path, monkeypat
                  sampler={"name": "random"}, n_trials=3, seeds=[0, 1],
                  tracking={"mode": "online", "project": "p", "entity": "e"})
     assert run_wandb_sweep(spec, tmp_path, tmp_path / "out", count=None) == 0
-    assert calls["sweep"] == (sweep_config(spec), {"entity": "e", "project": "p"})
+    config, where = calls["sweep"]
+    assert where == {"entity": "e", "project": "p"} and config["method"] == "random" and config["run_cap"] == 6
     sweep_id, agent = calls["agent"]
     assert sweep_id == "abc123" and agent["count"] == 6 and (agent["entity"], agent["project"]) == ("e", "p")
-    assert callable(agent["function"])
     calls.clear()
     assert run_wandb_sweep(spec, tmp_path, tmp_path / "out", count=2, sweep_id="joined") == 0
     assert "sweep" not in calls and calls["agent"][0] == "joined" and calls["agent"][1]["count"] == 2
+
+
+@pytest.mark.slow
+def test_a_worker_pretrains_the_embedded_model_before_the_agents_trials(tmp_path, monkeypatch, agent_run,
+                                                                       digitshift_small, private_cache):
+    """On a cold cache the agent's trials need the embedded weights: the worker builds them first, once, as the
+    Optuna engine does. The fake agent hands out every grid point as W&B's controller would and runs the trial."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "benchmarks").symlink_to(private_cache / "benchmarks")  # no pre-trained weights in it
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    built = []
+
+    def fake_pretrain(config, out, progress=True):  # random weights stand in for minutes of pre-training
+        torch.manual_seed(0)
+        atomic_torch_save(create_model(config.model, None)[0].state_dict(), out)
+        built.append(config.model)
+        return {"zeroshot": {}, "id_test": "mnist"}
+
+    def fake_agent(sweep_id, function, count, **where):
+        for seed in sweep_config(spec)["parameters"]["seed"]["values"]:
+            agent_run({"method": "flyp", "seed": seed})
+            function()
+
+    monkeypatch.setattr(harness.trial.pretrain, "pretrain", fake_pretrain)
+    monkeypatch.setattr(wandb, "sweep", lambda config, **kw: "abc123")
+    monkeypatch.setattr(wandb, "agent", fake_agent)
+    tiny = {"model": {"name": "digit-vit-t", "pretrained": "digitshift"}, "data": {"benchmark": "digitshift-small"},
+            "optim": {"epochs": 1, "batch_size": 200}, "eval": {"bootstrap": 0, "teacher": False}}
+    spec_path = tmp_path / "w.yaml"
+    spec_path.write_text(yaml.safe_dump({"name": "w", "base": tiny, "search": {"method": {"grid": ["flyp"]}},
+                                         "seeds": [0], "tracking": {"mode": "online"}}))
+    spec = load_spec(spec_path)
+    assert sweep_main([str(spec_path), "--engine", "wandb", "--out", str(tmp_path / "out")]) == 0
+    assert built == ["digit-vit-t"]  # once, before the trials
+    records = [RunRecord.read(path) for path in sorted((tmp_path / "out" / "runs").rglob("record.json"))]
+    assert [record.config["seed"] for record in records] == [0]
+    assert all(record.status == "ok" and record.config["model"]["pretrained"] == "digitshift" for record in records)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import fcntl
 import json
 import os
 import signal
-import tempfile
 import threading
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,8 +15,6 @@ from typing import Any, Iterator
 import torch
 
 CACHE_ENV = "CAROT_HARNESS_CACHE"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def cache_dir() -> Path:
@@ -63,16 +61,17 @@ def _atomic(path: Path, write) -> Path:
 
 
 def _write_and_rename(path: Path, write) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # created with mode 0666 less the process's umask, as open() does (mkstemp would make it 0600)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import zipfile
@@ -19,9 +20,6 @@ from harness.core.errors import PretrainedWeightsError, UnknownNameError
 log = logging.getLogger(__name__)
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
-
-with resources.as_file(resources.files("harness.models") / "configs") as _folder:
-    open_clip.add_model_config(_folder)  # registers digit-vit-* under their file stems
 
 # Which embedded pretrained weights a config name refers to.
 EMBEDDED_PRETRAINED = "digitshift"
@@ -57,6 +55,14 @@ def _muted(packages: tuple[str, ...], prefix: str = "") -> Iterator[None]:
     finally:
         for target in targets:
             target.removeFilter(muted)
+
+
+@functools.cache
+def with_embedded_configs() -> None:
+    """Register the embedded architectures (digit-vit-*, under their file stems) with open_clip, once, where a model
+    name is first looked up rather than at import: importing this module changes no registry."""
+    with resources.as_file(resources.files("harness.models") / "configs") as folder:
+        open_clip.add_model_config(folder)
 
 
 def register_model_configs(path: str | os.PathLike) -> None:
@@ -107,6 +113,7 @@ def require_known_model(name: str, pretrained: str | None = None) -> None:
     if _schema(name):
         _check_schema_model(name, pretrained)
         return
+    with_embedded_configs()
     if name not in open_clip.list_models():
         raise UnknownNameError(f"model.name: unknown model {name!r}; see open_clip.list_models() (small ones: "
                                f"{', '.join(m for m in open_clip.list_models() if m.startswith('digit-'))}), or "
@@ -173,6 +180,7 @@ def _hub_host() -> str | None:
 
 def model_skeleton(name: str) -> torch.nn.Module:
     """The architecture of ``name`` on the meta device: no memory, no weights, built in a fraction of a second."""
+    with_embedded_configs()
     local = f"local-dir:{_local_folder(name)}" if _schema(name) else name
     with _muted(("open_clip", "huggingface_hub")), torch.device("meta"):
         return open_clip.create_model(local, pretrained=None, load_weights=False, device="meta")

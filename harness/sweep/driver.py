@@ -24,13 +24,14 @@ from harness.sweep.claims import (
     point_states,
     progress,
 )
+from harness.sweep.launch import load_profile
 from harness.sweep.launcher import Launcher, Running
 from harness.sweep.plan import Plan
 from harness.sweep.preview import describe
 from harness.sweep.sink import ResultSink, result_line
 from harness.sweep.spec import SweepSpec
 from harness.sweep.study import TrialStore, open_storage, open_study, tell_result
-from harness.trial.preflight import preflight
+from harness.trial.preflight import preflight, prepare_shared
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +60,14 @@ class Sweep:
         return describe(self.plan, self.storage)
 
     def check(self) -> None:
-        """Check every known trial's model, weights and data before any work (``harness.trial.preflight``)."""
-        preflight(self.plan.known_configs())
+        """Check every known trial's model, weights, data and batch before any work (``harness.trial.preflight``)."""
+        launcher = self.plan.spec.launcher
+        processes = load_profile(launcher.profile or "").tasks_per_node if launcher.kind == "slurm" else 1
+        preflight(self.plan.known_configs(), processes)
 
     def prepare(self) -> None:
-        """After ``check``: build what every trial shares (benchmark, pre-trained weights) once, here, with visible
-        progress, rather than in the first jobs, where it would run with a fraction of the cores and its progress in
-        a log: the embedded model is pre-trained, a tag's weights found or downloaded, a benchmark on disk listed."""
-        from harness.data import load_benchmark
-        from harness.trial.pretrain import ensure_weights
-
-        configs = self.plan.known_configs()
-        for data in {c.data.model_dump_json(): c.data for c in configs}.values():
-            load_benchmark(data.benchmark, data=data)
-        for model in {c.model.model_dump_json(): c.model for c in configs}.values():  # pre-trained or downloaded once
-            ensure_weights(model)
+        """After ``check``: build what every trial shares once, here, with visible progress (``prepare_shared``)."""
+        prepare_shared(self.plan.known_configs())
 
     def data_digests(self) -> dict[str, str]:
         """``{benchmark file: content digest}`` of the files the known trials read (none for registered benchmarks)."""
@@ -143,7 +137,11 @@ class Sweep:
             self.record_missing(study)
         failures = failed_points(study.get_trials(deepcopy=False), self.spec.launcher.max_retries)
         if failures:
+            retries = self.spec.launcher.max_retries
             log.error("failed trials: %s", "; ".join(failures))
+            log.error("each was tried %d times (launcher.max_retries=%d); once the cause is fixed, the same command with "
+                      "--set launcher.max_retries=%d runs them again, from their checkpoints", retries + 1, retries,
+                      retries + 1)
             return 1
         return 0
 

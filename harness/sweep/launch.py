@@ -26,11 +26,23 @@ from harness.sweep.context import TrialContext
 if TYPE_CHECKING:
     from harness.data import LoadedBenchmarks
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"  # the repository's slurm/
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"  # package data: gpu-1, gpu-2, gpu-8
+PROFILE_SUFFIXES = (".yaml", ".yml")
+
+
+class DriverResources(StrictModel):
+    """What the sweep's driver gets when it runs as a SLURM job of its own (``--driver-job``): a few CPUs for hours,
+    requeued when its time runs out; partition, account and QoS default to the profile's."""
+
+    partition: str | None = None
+    cpus_per_task: int = Field(2, ge=1)
+    mem_gb: int = Field(8, ge=1)
+    timeout_min: int = Field(24 * 60, ge=1, description="then requeued (max_timeouts times), adopting its trials")
+    max_timeouts: int = Field(30, ge=0)
 
 
 class SlurmProfile(StrictModel):
-    """A cluster's resources for one trial; see slurm/README.md."""
+    """A cluster's resources for one trial (and for the driver, when it runs as a job); see slurm/README.md."""
 
     partition: str | None = None
     account: str | None = None
@@ -45,13 +57,16 @@ class SlurmProfile(StrictModel):
     max_timeouts: int = Field(3, ge=0, description="requeues after time-outs before a trial is given up")
     array_parallelism: int = Field(64, ge=1)
     setup: list[str] = Field(default_factory=list, description="shell lines before the job, e.g. module loads")
+    driver: DriverResources = Field(default_factory=DriverResources)
 
 
 def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:
-    path = Path(name) if name.endswith(".yaml") else folder / f"{name}.yaml"
+    """A profile shipped with the package, by name (``gpu-1``), or any profile file (``mycluster.yaml``)."""
+    path = Path(name) if name.endswith(PROFILE_SUFFIXES) else folder / f"{name}.yaml"
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
-        raise ConfigError(f"launcher.profile: no SLURM profile {name!r} (available: {available})")
+        raise ConfigError(f"launcher.profile: no SLURM profile {name!r} (shipped: {available}; or a path to a "
+                          ".yaml file of your own)")
     return build(SlurmProfile, yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
@@ -70,26 +85,35 @@ def slurm_parameters(profile: SlurmProfile, parallelism: int) -> dict[str, Any]:
 
 
 def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None) -> submitit.Executor:
-    p = load_profile(profile or "") if kind == "slurm" else None
+    if kind == "slurm":
+        return slurm_executor(load_profile(profile or ""), folder, parallelism)
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=kind,
-                                         **({"slurm_max_num_timeout": p.max_timeouts} if p else {}))
+        executor = submitit.AutoExecutor(folder=folder, cluster=kind)
     except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
         raise UsageError(f"launcher {kind}: {exc}") from exc
-    if p is not None:
-        executor.update_parameters(**{f"slurm_{key}": value for key, value in slurm_parameters(p, parallelism).items()})
-    else:
-        executor.update_parameters(timeout_min=24 * 60)
+    executor.update_parameters(timeout_min=24 * 60)
     return executor
 
 
-def render_sbatch(profile: str, folder: Path, parallelism: int = 1, array_size: int = 1) -> str:
+def slurm_executor(profile: SlurmProfile, folder: Path, parallelism: int) -> submitit.Executor:
+    """A SLURM executor submitting jobs with ``profile``'s resources, requeued up to its ``max_timeouts``."""
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=profile.max_timeouts)
+    except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
+        raise UsageError(f"launcher slurm: {exc}") from exc
+    executor.update_parameters(**{f"slurm_{key}": value for key, value in slurm_parameters(profile, parallelism).items()})
+    return executor
+
+
+def render_sbatch(profile: str | SlurmProfile, folder: Path, parallelism: int = 1, array_size: int = 1,
+                  job_name: str = "submitit") -> str:
     """The sbatch script submitit would submit for one wave of ``array_size`` trials (one job, or a job array), for
     ``--dry-run`` on any machine: ``SlurmExecutor`` cannot even be built where ``srun`` is missing."""
     folder = Path(folder).expanduser().absolute()  # as submitit's executors hold it
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    resources = load_profile(profile) if isinstance(profile, str) else profile
     return _submitit_sbatch(command=command, folder=folder, map_count=array_size if array_size > 1 else None,
-                            **slurm_parameters(load_profile(profile), parallelism))
+                            job_name=job_name, **slurm_parameters(resources, parallelism))
 
 
 def _submitit_sbatch(**parameters: Any) -> str:

@@ -76,7 +76,8 @@ class Pruner(StrictModel):
 class Launcher(StrictModel):
     kind: Literal["local", "debug", "slurm"] = "local"
     parallelism: int = Field(1, ge=1)
-    profile: str | None = Field(None, description="slurm/<profile>.yaml")
+    profile: str | None = Field(None, description="slurm: a shipped profile's name (gpu-1, gpu-2, gpu-8) or a .yaml "
+                                "file of your own, relative to the spec's folder")
     max_retries: int = Field(2, ge=0, description="re-launches of a trial whose job died or failed")
     warm: bool = Field(True, description="local: each slot is a long-lived worker process that runs trial after "
                        "trial (imports, benchmark and W&B service once); false: a fresh process per trial")
@@ -142,6 +143,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     """Read, override and validate a sweep spec; then check every run config it can produce."""
     spec = load(SweepSpec, path, overrides)
     folder = Path(path).parent
+    profile = spec.launcher.profile
+    if profile and profile.endswith((".yaml", ".yml")) and not Path(profile).is_absolute():
+        spec.launcher.profile = str((folder / profile).resolve())
     base_config(spec, folder)
     for params in _probe_points(spec):  # every config the sweep can produce must validate before any job starts
         config = trial_config(spec, params, spec.seeds_for(params)[0], Path("."), folder)

@@ -128,6 +128,7 @@ class AgentTrial:
 def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None = None,
                     sweep_id: str | None = None) -> int:
     """Create the W&B sweep (or join ``sweep_id``) and run one agent here; 1 when a trial of this worker failed.
+    What the trials share (benchmark, pre-trained weights) is built first, as the Optuna engine does.
 
     ``count`` is this worker's number of runs; None: until the grid is exhausted, or ``run_cap`` (random/bayes).
     Start more workers, here or on other machines, with the printed sweep id. Trials run one at a time, in this
@@ -139,9 +140,13 @@ def run_wandb_sweep(spec: SweepSpec, folder: Path, out: Path, count: int | None 
                          f"this spec has tracking.mode={spec.tracking.mode}")
     import wandb
 
+    from harness.sweep.plan import Plan
+    from harness.trial.preflight import prepare_shared
+
     out.mkdir(parents=True, exist_ok=True)
     if spec.pruner.name != "none":
         log.warning("pruner %s is not applied by --engine wandb", spec.pruner.name)
+    prepare_shared(Plan(spec, folder, out).known_configs())  # the embedded model pre-trained before any agent trial
     if sweep_id is None:
         sweep_id = wandb.sweep(config, entity=spec.tracking.entity, project=spec.tracking.project)
     if count is None and spec.sampler.name != "grid":

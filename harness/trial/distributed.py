@@ -14,6 +14,7 @@ gets all rows (``gather_rows``). Only the main process (rank 0) logs and writes.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -56,26 +57,51 @@ def _submitit_job_environment() -> bool:
 
 
 def environment_from_env() -> DistributedEnvironment:
-    """The environment of this process: submitit's when inside a submitit job, else RANK/WORLD_SIZE/...
+    """The environment of this process: submitit's inside a submitit job; else torchrun's variables (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); else a task of a plain ``srun -n W`` (``_srun_environment``);
+    else a single process.
 
     Inside submitit, ``TorchDistributedEnvironment`` derives ranks from SLURM's variables and a master
     port from the job id; ``export()`` also sets MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE so that
-    ``init_process_group(init_method="env://")`` works. Without any of these: a single process.
+    ``init_process_group(init_method="env://")`` works.
     """
     if _submitit_job_environment():
         from submitit.helpers import TorchDistributedEnvironment
 
         env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         return DistributedEnvironment(env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
-    if "WORLD_SIZE" not in os.environ:
-        return SINGLE_PROCESS
-    return DistributedEnvironment(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ["WORLD_SIZE"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=int(os.environ.get("MASTER_PORT", 29500)),
-    )
+    if "WORLD_SIZE" in os.environ:
+        return DistributedEnvironment(
+            rank=int(os.environ.get("RANK", 0)),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            master_addr=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(os.environ.get("MASTER_PORT", 29500)),
+        )
+    return _srun_environment() or SINGLE_PROCESS
+
+
+def _srun_environment() -> DistributedEnvironment | None:
+    """A task of ``srun -n W`` (W > 1): rank SLURM_PROCID, local rank SLURM_LOCALID, W from SLURM_STEP_NUM_TASKS
+    (set in job steps only: the batch script's SLURM_NTASKS counts tasks it has not started), the step's first node
+    as master (or MASTER_ADDR) on a port derived from the job id (or MASTER_PORT), as submitit derives one."""
+    world_size = int(os.environ.get("SLURM_STEP_NUM_TASKS", 1))
+    if world_size < 2:
+        return None
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+    port = os.environ.get("MASTER_PORT") or 20000 + int(os.environ.get("SLURM_JOB_ID", 0)) % 20000
+    return DistributedEnvironment(rank=int(os.environ["SLURM_PROCID"]), world_size=world_size,
+                                  local_rank=int(os.environ.get("SLURM_LOCALID", 0)),
+                                  master_addr=os.environ.get("MASTER_ADDR") or _first_host(nodes),
+                                  master_port=int(port))
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``gpu[01-04],gpu07``: gpu01), expanded by ``scontrol`` when compressed."""
+    if "[" not in nodelist and "," not in nodelist:
+        return nodelist
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    return hosts.stdout.split()[0]
 
 
 def init_process_group(env: DistributedEnvironment, device: torch.device | str = "cpu") -> None:
