@@ -107,7 +107,9 @@ def test_racing_claimers_sample_exactly_n_trials_per_seed(tmp_path, shared_stora
 
 
 @pytest.mark.slow
-def test_two_sweep_drivers_share_a_study_end_to_end(tmp_path, shared_storage, private_cache):
+def test_two_sweep_drivers_share_a_study_end_to_end(tmp_path, private_cache):
+    """On a journal; the claims' lock on PostgreSQL is exercised by the racing claimers above."""
+    shared_storage = f"journal:{tmp_path / 'shared' / 'study.journal'}"
     path = _write_spec(tmp_path, shared_storage, search={"method": {"grid": ["flyp", "ft"]}})
     drivers = _start(["-m", "harness.sweep", str(path), "--out", str(tmp_path / "out{i}")], tmp_path, 2)
     for driver in drivers:

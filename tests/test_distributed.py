@@ -13,8 +13,6 @@ the epoch's permutation and the labels are gathered). Run as a script, this file
 from __future__ import annotations
 
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -251,30 +249,6 @@ def test_a_plain_all_gather_gets_the_gradients_wrong(reference, two_processes):
         # parameters reached only directly (the logit scale) are still right
         assert "logit_scale" not in wrong
 
-
-
-@pytest.mark.slow
-def test_a_two_task_submitit_job_matches_one_process(slurm_cluster, reference, tmp_path):
-    """The same equivalence as a SLURM job of 2 tasks on one node: ranks and master from submitit's environment."""
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
-    executor.update_parameters(nodes=1, tasks_per_node=2, cpus_per_task=1, mem_gb=3, timeout_min=5,
-                               name=f"carot-ddp-{uuid.uuid4().hex[:6]}")
-    job = executor.submit(submitit.helpers.CommandFunction([sys.executable, __file__, str(tmp_path), "exact"]))
-    deadline = time.time() + 300
-    while not job.done() and time.time() < deadline:
-        time.sleep(1)
-    if not job.done():
-        job.cancel()
-        pytest.fail(f"SLURM job {job.job_id} did not finish within 300 s (state {job.state})")
-    job.results()  # raises with the tasks' output if a task failed
-    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["exact"] for rank in range(2))
-    for case in CASES:
-        for name, value in reference[case]["losses"].items():
-            assert rank0[case]["losses"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
-        for grads in (rank0[case]["grads"], rank1[case]["grads"]):
-            assert all(torch.allclose(grads[n], g, rtol=RTOL, atol=ATOL) for n, g in reference[case]["grads"].items())
 
 
 def test_local_rows_and_single_process_gather():

@@ -24,11 +24,6 @@ from pathlib import Path
 import optuna
 import yaml
 
-# the entry point, not the driver, reads the results: the sweep library never imports analysis/
-from analysis.figures import build_report
-from analysis.load import NoResultsError, load
-from analysis.tables import console_report
-from analysis.wandb_run import log_report
 from harness.core.cli import command_parser, parse_args
 from harness.core.errors import ConfigError
 from harness.sweep.driver import Sweep
@@ -106,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     status = sweep.run()
     if status != 130:
+        from analysis.tables import console_report  # here, not at the top: pandas and matplotlib load in seconds
+
         print(console_report(out))
         if spec.tracking.mode != "disabled":
             _log_analysis_run(spec, out)
@@ -116,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _log_analysis_run(spec: SweepSpec, out: Path) -> None:
     """The sweep's W&B group gets one analysis run with the results table, the figures and report.md."""
+    # the entry point, not the driver, reads the results (the sweep library never imports analysis/), once it is done
+    from analysis.figures import build_report
+    from analysis.load import NoResultsError, load
+    from analysis.wandb_run import log_report
+
     try:
         results = load([out])
     except NoResultsError:
