@@ -25,6 +25,16 @@ def private_cache(tmp_path_factory):
         os.environ[CACHE_ENV] = previous
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """A test may set torch's thread count (to match a worker's summation order); the next test gets it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield threads
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digitshift(private_cache):
     from harness.data import load_benchmark

@@ -32,11 +32,12 @@ def test_ema_update_by_hand():
 
 def test_ema_period_as_a_share_of_all_steps():
     from harness.core.config import EMAConfig, build
+    from harness.core.errors import ConfigError
 
     assert EMAConfig(period="2%").period_steps(25_000) == 500  # the released 500 of ~25k ImageNet steps
     assert EMAConfig(period="10%").period_steps(155) == 16
     assert EMAConfig(period="2%").period_steps(20) == 1  # at least one step
     assert EMAConfig(period=7).period_steps(1000) == 7
     for bad in ("two%", 0, "-1%", 2.5, "2 %"):
-        with pytest.raises(Exception, match="period"):
+        with pytest.raises(ConfigError, match=r"^config: period(\.[a-z\[\]-]+)?: "):  # names the key
             build(EMAConfig, {"period": bad})

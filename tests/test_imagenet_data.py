@@ -49,10 +49,17 @@ def test_wnid_table_is_the_standard_order():
     assert (names[0], names[500], names[999]) == ("tench", "cliff dwelling", "toilet paper")
 
 
-def test_openai_templates_come_from_open_clip():
-    templates = imagenet_templates("openai")
-    assert len(templates) == 80 and all("{}" in t for t in templates)
-    assert len(set(templates)) == 80
+@pytest.mark.parametrize("which", ["openai", "simple"])
+def test_templates_as_format_strings_caption_as_open_clips_do(which):
+    """open_clip's templates are functions of the class name; ours are format strings that must give the same
+    captions, in the same order, for names with braces, quotes and spaces too."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    originals = OPENAI_IMAGENET_TEMPLATES if which == "openai" else SIMPLE_IMAGENET_TEMPLATES
+    templates = imagenet_templates(which)
+    assert len(templates) == len(originals)
+    for name in ("tench", "cliff dwelling", "a {brace}", "it's"):
+        assert [template.format(name) for template in templates] == [original(name) for original in originals]
 
 
 # --------------------------------------------------------------------------- layouts

@@ -61,7 +61,7 @@ def test_pruned_trial_is_recorded_as_pruned_in_record_study_and_results(tmp_path
     study = sweep.open_study()
     trial = study.ask()
     trial.set_user_attr("point", "p")
-    tell_result(study, sweep.store, spec, trial.number, TrialOutcome(status="pruned", record=str(tmp_path / "run" / "record.json")))
+    tell_result(study, sweep.store, spec, trial.number, TrialOutcome.of(record))  # what the job returns
     frozen = study.trials[0]
     assert frozen.state == optuna.trial.TrialState.PRUNED
     sweep.record_missing(study)

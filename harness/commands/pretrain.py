@@ -20,7 +20,8 @@ from harness.trial.pretrain import PretrainConfig, pretrain, weights_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser("python -m harness.pretrain", __doc__, "pretraining config")
+    parser = config_parser("python -m harness.pretrain", __doc__, "pretraining config",
+                           keys=f"keys: {', '.join(PretrainConfig.model_fields)} (harness.trial.pretrain.PretrainConfig)")
     parser.add_argument("--out", type=Path, help="where to save the weights (default: the cache entry for this config)")
     config, args = parse_config(parser, PretrainConfig, argv)
     out = args.out or weights_path(config)

@@ -64,9 +64,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
-def config_parser(prog: str, description: str | None, what: str = "run config") -> argparse.ArgumentParser:
-    """A command parser taking an optional config YAML and dotted ``key=value`` overrides."""
+RUN_CONFIG_KEYS = ("every key of the run config, with its type, default and meaning: docs/config.md "
+                   "(python -m harness.commands.reference prints it)")
+
+
+def config_parser(prog: str, description: str | None, what: str = "run config",
+                  keys: str | None = RUN_CONFIG_KEYS) -> argparse.ArgumentParser:
+    """A command parser taking an optional config YAML and dotted ``key=value`` overrides; ``keys``: where the
+    config's keys are listed (the help's last line)."""
     parser = command_parser(prog, description)
+    parser.epilog = keys
     parser.add_argument("config", nargs="?", help=f"{what} YAML (defaults apply when omitted)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-5")
     return parser

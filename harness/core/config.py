@@ -29,6 +29,8 @@ class StrictModel(BaseModel):
 
 
 class ModelConfig(StrictModel):
+    """Which CLIP, with which starting weights."""
+
     name: str = Field("digit-vit-xs", description="open_clip model name, incl. the registered small configs")
     pretrained: str | None = Field(
         "digitshift",
@@ -48,6 +50,8 @@ def is_benchmark_file(benchmark: str) -> bool:
 
 
 class DataConfig(StrictModel):
+    """The benchmark: its training, validation and test sets, and how they are read."""
+
     benchmark: str = Field(
         "digitshift", description="a registered benchmark (digitshift, digitshift-small, imagenet, or a plugin's), or "
         "the path of a benchmark file (.yaml; docs/benchmark-files.md), made absolute against the current directory")
@@ -81,7 +85,8 @@ class DataConfig(StrictModel):
 class LossConfig(StrictModel):
     """Unset keys take the method's defaults (carot: the paper's weights); see ``harness.core.methods``."""
 
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="epsilon of label smoothing, in both directions "
+                                   "of the contrastive loss (cross-entropy methods: of the classification loss)")
     oc_weight: float = Field(0.0, ge=0.0, description="lambda_OC, orthogonality of the visual projection")
     sd_weight: float = Field(0.0, ge=0.0, description="lambda_SD, self-distillation from the EMA teacher")
     cross_weight: float = Field(0.0, ge=0.0, description="lambda_cross, ||W_v W_t^T||_F")
@@ -100,8 +105,9 @@ class EMAConfig(StrictModel):
 
     period: EMAPeriod = Field("2%", description="optimizer steps between EMA teacher updates, or a share of all "
                               "steps such as '2%' (at least 1 step)")
-    m_src: float = Field(0.05, ge=0.0, le=1.0)
-    m_tar: float = Field(0.9, ge=0.0, le=1.0)
+    m_src: float = Field(0.05, ge=0.0, le=1.0, description="EMA momentum m at the first step (teacher <- m teacher + "
+                         "(1 - m) student)")
+    m_tar: float = Field(0.9, ge=0.0, le=1.0, description="EMA momentum m once the warm-up is over")
     warmup: float = Field(0.2, ge=0.0, le=1.0, description="fraction of all steps over which m rises")
 
     def period_steps(self, total_steps: int) -> int:
@@ -112,13 +118,15 @@ class EMAConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    lr: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    epochs: int = Field(5, ge=1)
+    """AdamW with linear warm-up and cosine decay; batches, epochs and checkpoints."""
+
+    lr: float = Field(1e-4, gt=0.0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW's decoupled weight decay (see weight_decay_on)")
+    epochs: int = Field(5, ge=1, description="passes over the training set (lpft: of its fine-tuning stage)")
     batch_size: int = Field(64, ge=1, description="images per optimizer step, over all processes (the effective batch)")
     accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step, each process's rows split into "
                              "this many forwards; the loss and gradients are the whole batch's (contrastive too)")
-    warmup_steps: int = Field(10, ge=0)
+    warmup_steps: int = Field(10, ge=0, description="optimizer steps of linear warm-up before the cosine decay")
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm; null = no clipping")
     weight_decay_on: Literal["all", "matrices"] = Field(
         "all", description="all: every parameter (as the released CaRot code); matrices: open_clip's rule, no decay "
@@ -139,8 +147,10 @@ class OptimConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    batch_size: int = Field(256, ge=1)
-    n_bins: int = Field(15, ge=1)
+    """What is measured after training, on the validation and test sets."""
+
+    batch_size: int = Field(256, ge=1, description="images per forward when encoding a set")
+    n_bins: int = Field(15, ge=1, description="equal-width confidence bins of the ECE and the reliability diagrams")
     every_epoch: bool = Field(False, description="evaluate the ID validation split after every epoch")
     temperature_scaling: bool = Field(True, description="fit one temperature on ID validation NLL; report both")
     teacher: bool = Field(True, description="also evaluate CaRot's EMA teacher on every set (teacher_* summary keys)")
@@ -161,16 +171,21 @@ class EvalConfig(StrictModel):
 class ComputeConfig(StrictModel):
     """Where a trial runs; ``auto`` is this process's GPU (``cuda:LOCAL_RANK``) when CUDA is available."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: this process's GPU (cuda:LOCAL_RANK) "
+                                                   "when CUDA is available, else the CPU; cuda: fail without one")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast dtype of forward passes (fp16: CUDA only, with loss scaling)"
     )
 
 
 class TrackingConfig(StrictModel):
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "carot-harness"
-    entity: str | None = None
+    """Weights & Biases: one run per trial, grouped by sweep; the record.json stays the source of truth."""
+
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: runs written locally (wandb sync uploads them); online: needs wandb login; "
+        "disabled: no W&B at all")
+    project: str = Field("carot-harness", description="the W&B project")
+    entity: str | None = Field(None, description="the W&B entity (user or team); null: your default")
 
 
 class RunConfig(StrictModel):
@@ -188,7 +203,8 @@ class RunConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="the trial's seed: the order of batches, the captions drawn and all other "
+                      "randomness of training (a sweep sets it from its seeds)")
     run_dir: str | None = Field(None, description="null: runs/<method>-<config digest>")
 
     @model_validator(mode="before")

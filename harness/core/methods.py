@@ -39,7 +39,7 @@ class Method:
     @property
     def contrastive_only(self) -> bool:
         """Every stage is contrastive: no class labels are needed beyond captions, and no trained head
-        (what multi-process trials and caption tables support)."""
+        (what a caption table, which has no labels, supports)."""
         return all(stage.objective == "contrastive" for stage in self.stages)
 
     def stage_epochs(self, epochs: int, lp_epochs: int) -> list[int]:

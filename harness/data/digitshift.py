@@ -192,7 +192,7 @@ def load_digitshift(seed: int = 0, progress: bool = True, data: DataConfig | Non
 @register_benchmark("digitshift-small", version=VERSION, train_size=MNIST_SPLIT["train"] * len(captions.DIGIT_NAMES))
 def load_digitshift_small(seed: int = 0, progress: bool = True, data: DataConfig | None = None) -> Benchmark:
     """digitshift with each test set cut to its first ``SMALL_TEST_PER_CLASS`` images of every class (200 per set,
-    1,200 in all instead of 23,201); pretraining pool, training and validation sets unchanged.
+    1,200 in all instead of 22,201); pretraining pool, training and validation sets unchanged.
 
     For smoke runs and the test suite, where evaluation would otherwise dominate: a 200-image ECE has a
     noise floor of several points (about sqrt(5) times that of 1,000 images), so it resolves nothing.

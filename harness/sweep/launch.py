@@ -34,30 +34,32 @@ class DriverResources(StrictModel):
     """What the sweep's driver gets when it runs as a SLURM job of its own (``--driver-job``): a few CPUs for hours,
     requeued when its time runs out; partition, account and QoS default to the profile's."""
 
-    partition: str | None = None
-    cpus_per_task: int = Field(2, ge=1)
-    mem_gb: int = Field(8, ge=1)
+    partition: str | None = Field(None, description="null: the profile's partition (a CPU partition suits)")
+    cpus_per_task: int = Field(2, ge=1, description="CPUs of the driver (pre-training what the trials share runs there)")
+    mem_gb: int = Field(8, ge=1, description="memory of the driver's job")
     timeout_min: int = Field(24 * 60, ge=1, description="then requeued (max_timeouts times), adopting its trials")
-    max_timeouts: int = Field(30, ge=0)
+    max_timeouts: int = Field(30, ge=0, description="requeues after time-outs before the driver's job is given up")
 
 
 class SlurmProfile(StrictModel):
     """A cluster's resources for one trial (and for the driver, when it runs as a job); see slurm/README.md."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    gpus_per_node: int = Field(0, ge=0)
+    partition: str | None = Field(None, description="sbatch --partition; null: the cluster's default")
+    account: str | None = Field(None, description="sbatch --account")
+    qos: str | None = Field(None, description="sbatch --qos")
+    constraint: str | None = Field(None, description="sbatch --constraint, e.g. a100 or h100")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs of one trial")
     tasks_per_node: int = Field(1, ge=1, description="processes per trial (one per GPU): DDP over all of them")
-    cpus_per_task: int = Field(2, ge=1)
-    mem_gb: int = Field(8, ge=1)
-    timeout_min: int = Field(60, ge=1)
+    cpus_per_task: int = Field(2, ge=1, description="CPUs per process (data loading: CPUs - 1 loader workers)")
+    mem_gb: int = Field(8, ge=1, description="memory per node, for all of a trial's processes")
+    timeout_min: int = Field(60, ge=1, description="time limit of one job (then requeued, resuming from its checkpoint)")
     signal_delay_s: int = Field(120, ge=1, description="SIGUSR2 this long before the time limit, to checkpoint")
     max_timeouts: int = Field(3, ge=0, description="requeues after time-outs before a trial is given up")
-    array_parallelism: int = Field(64, ge=1)
+    array_parallelism: int = Field(64, ge=1, description="trials of one job array running at once (also capped by "
+                                   "the sweep's parallelism)")
     setup: list[str] = Field(default_factory=list, description="shell lines before the job, e.g. module loads")
-    driver: DriverResources = Field(default_factory=DriverResources)
+    driver: DriverResources = Field(default_factory=DriverResources, description="the driver's own job, with "
+                                    "--driver-job")
 
 
 def load_profile(name: str, folder: Path = PROFILE_DIR) -> SlurmProfile:

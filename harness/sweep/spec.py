@@ -33,12 +33,12 @@ VARIANT = "variant"  # the search dimension whose values name override sets in `
 class Space(StrictModel):
     """One search dimension: ``grid`` (exhaustive list), ``choices`` (categorical), or a ``low``..``high`` range."""
 
-    grid: list[Any] | None = None
-    choices: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
+    grid: list[Any] | None = Field(None, description="every value, each run (grid sampler, or fixed values)")
+    choices: list[Any] | None = Field(None, description="a categorical the sampler draws from (random, tpe, nsga2)")
+    low: float | None = Field(None, description="a range's lower bound (random, tpe, nsga2)")
+    high: float | None = Field(None, description="a range's upper bound")
+    log: bool = Field(False, description="draw the range on a log scale (needs low > 0)")
+    integer: bool = Field(False, description="draw integers from the range")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Space":
@@ -58,24 +58,35 @@ class Space(StrictModel):
 
 
 class Objective(StrictModel):
+    """What the sampler optimises (and the pruner, the first one); choose on ID validation keys."""
+
     key: str = Field(description="a key of the record's summary, e.g. val_acc")
-    direction: Literal["maximize", "minimize"]
+    direction: Literal["maximize", "minimize"] = Field(description="maximize or minimize the key")
 
 
 class Sampler(StrictModel):
-    name: Literal["grid", "random", "tpe", "nsga2"] = "grid"
-    seed: int = 0
+    """How points are chosen: Optuna's samplers."""
+
+    name: Literal["grid", "random", "tpe", "nsga2"] = Field("grid", description="grid: every combination of the "
+                                                            "grids; random, tpe, nsga2 (multi-objective): n_trials points")
+    seed: int = Field(0, description="the sampler's seed (not the trials')")
 
 
 class Pruner(StrictModel):
-    name: Literal["none", "median", "halving", "hyperband"] = "none"
+    """Early stopping of trials on their per-epoch validation (turns on eval.every_epoch)."""
+
+    name: Literal["none", "median", "halving", "hyperband"] = Field("none", description="Optuna's pruner; none: "
+                                                                     "every trial runs to its end")
     metric: Literal[EPOCH_KEYS] = Field("val_acc", description="a per-epoch key")  # type: ignore[valid-type]
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="epochs before a trial may be pruned")
 
 
 class Launcher(StrictModel):
-    kind: Literal["local", "debug", "slurm"] = "local"
-    parallelism: int = Field(1, ge=1)
+    """Where trials run (submitit)."""
+
+    kind: Literal["local", "debug", "slurm"] = Field("local", description="local: processes on this machine; debug: "
+                                                     "in the driver's process, one at a time; slurm: one job per trial")
+    parallelism: int = Field(1, ge=1, description="trials in flight at once")
     profile: str | None = Field(None, description="slurm: a shipped profile's name (gpu-1, gpu-2, gpu-8) or a .yaml "
                                 "file of your own, relative to the spec's folder")
     max_retries: int = Field(2, ge=0, description="re-launches of a trial whose job died or failed")
@@ -84,24 +95,29 @@ class Launcher(StrictModel):
 
 
 class SweepSpec(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the study's name (letters, digits, _ . -); "
+                      "the output dir defaults to outputs/<name>")
     base: dict[str, Any] | str = Field(default_factory=dict, description="a run config mapping, or a YAML path")
-    overrides: list[str] = Field(default_factory=list)
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides of base, applied to every "
+                                 "trial")
     variants: dict[str, list[str]] = Field(default_factory=dict, description="named override sets")
-    search: dict[str, Space] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    search: dict[str, Space] = Field(default_factory=dict, description="run-config keys (or variant) to search, each "
+                                     "with its space")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="every point runs once per seed "
+                             "(paired seeds across points)")
     variant_seeds: dict[str, list[int]] = Field(
         default_factory=dict, description="seeds of named variants that differ from seeds, e.g. zeroshot: [0] "
         "(a deterministic row needs one trial)")
-    sampler: Sampler = Sampler()
+    sampler: Sampler = Field(default_factory=Sampler)
     n_trials: int | None = Field(None, ge=1, description="parameter points to sample (non-grid samplers)")
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(key="val_acc", direction="maximize")],
-                                        min_length=1)
-    pruner: Pruner = Pruner()
-    launcher: Launcher = Launcher()
+                                        min_length=1, description="one or more (multi-objective: nsga2 or tpe)")
+    pruner: Pruner = Field(default_factory=Pruner)
+    launcher: Launcher = Field(default_factory=Launcher)
     storage: str | None = Field(None, description="null: sqlite in the output dir; journal:PATH; any SQLAlchemy URL")
     out: str | None = Field(None, description="output dir; null: outputs/<name>")
-    tracking: TrackingConfig = TrackingConfig()
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="W&B, passed to every trial (the "
+                                     "base's tracking is replaced by it)")
     plugins: list[str] = Field(default_factory=list, description="modules (or .py files, relative to the spec's folder) "
                                "every trial imports first: they register benchmarks, models and methods")
 
@@ -139,9 +155,20 @@ class SweepSpec(StrictModel):
         return self.variant_seeds.get(params.get(VARIANT), self.seeds)
 
 
+def spec_override(text: str) -> str:
+    """An override of the spec; a run-configuration key (``optim.lr=1e-3``) means the base's (``base.optim.lr``),
+    except where the spec has a key of that name (``tracking``, which every trial gets) or none fits (``seed``)."""
+    root = text.partition("=")[0].split(".")[0]
+    if root in SweepSpec.model_fields or root not in RunConfig.model_fields:
+        return text
+    if root == "seed":
+        raise ConfigError(f"override {text!r}: a sweep's trials take their seed from seeds (--set 'seeds=[0,1]')")
+    return f"base.{text}"
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Read, override and validate a sweep spec; then check every run config it can produce."""
-    spec = load(SweepSpec, path, overrides)
+    spec = load(SweepSpec, path, [spec_override(text) for text in overrides or []])
     folder = Path(path).parent
     profile = spec.launcher.profile
     if profile and profile.endswith((".yaml", ".yml")) and not Path(profile).is_absolute():
