@@ -13,6 +13,7 @@ from analysis.comparison import pareto_mask
 from analysis.figures import main as figures_main
 from analysis.load import NoResultsError, load
 from analysis.spectrum import correlations
+from harness.core.cli import run_cli
 from harness.core.plots import pooled_bins
 from harness.core.record import RunRecord
 
@@ -302,13 +303,16 @@ def test_cli_writes_every_supported_figure(sweep, tmp_path, capsys):
     assert {"paired.md", "paired.tex", "paired.csv", "sigma_min_correlations.csv"} <= {p.name for p in out.iterdir()}
 
 
-def test_cli_on_nothing_to_read_exits_2_with_one_line(tmp_path):
-    """As a user runs it: an empty directory or an unreachable storage is one line on stderr and exit 2."""
-    for source, message in ((tmp_path, "error: no finished trials"),
-                            (f"sqlite:///{tmp_path}/absent/study.db", "error: storage 'sqlite:///")):
-        done = subprocess.run([sys.executable, "-m", "analysis.figures", str(source), "--out", str(tmp_path / "f")],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+def test_cli_on_nothing_to_read_exits_2_with_one_line(tmp_path, capsys):
+    """An empty directory or an unreachable storage is one line on stderr and exit 2: as a user runs it, once."""
+    done = subprocess.run([sys.executable, "-m", "analysis.figures", f"sqlite:///{tmp_path}/absent/study.db", "--out",
+                           str(tmp_path / "f")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: storage 'sqlite:///") and \
+        done.stderr.count("\n") == 1, done.stderr
+    with pytest.raises(SystemExit) as exited:
+        run_cli(figures_main, [str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("error: no finished trials") and err.count("\n") == 1, err
     with pytest.raises(NoResultsError, match="no such directory"):
         load([tmp_path / "absent"])
 

@@ -25,7 +25,7 @@ from harness.data import LoadedBenchmarks, check_benchmark, load_benchmark
 from harness.data.benchmark_file import benchmark_digest, read_benchmark_file, training_size
 from harness.data.pipeline import clip_preprocess
 from harness.models.clip import classifier_head, create_model
-from harness.trial.evaluate import set_report
+from harness.trial.set_reports import set_report
 
 
 @pytest.fixture

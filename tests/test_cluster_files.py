@@ -16,7 +16,7 @@ from imagenet_trees import imagenet_family
 
 from harness.commands.sweep import main as sweep_main
 from harness.data import require_known_benchmark
-from harness.sweep.launch import (
+from harness.sweep.jobs import (
     PROFILE_DIR,
     job_threads,
     load_profile,

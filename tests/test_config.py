@@ -73,20 +73,32 @@ def test_missing_and_non_mapping_files(tmp_path):
         load_run_config(listing)
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["optim.lr=-1"], "optim.lr"),
-        (["model.pretrained=null", "data.benchmark=imagenet-x"], "unknown benchmark 'imagenet-x'"),
-        (["model.name=ViT-Q-99", "model.pretrained=null"], "unknown model 'ViT-Q-99'"),
-        (["no-such-file.yaml"], "no such file"),
-    ],
-)
-def test_cli_bad_input_exits_2_with_one_line(args, words):
+BAD_INPUT = [
+    (["optim.lr=-1"], "optim.lr"),
+    (["model.pretrained=null", "data.benchmark=imagenet-x"], "unknown benchmark 'imagenet-x'"),
+    (["model.name=ViT-Q-99", "model.pretrained=null"], "unknown model 'ViT-Q-99'"),
+    (["no-such-file.yaml"], "no such file"),
+]
+
+
+def test_cli_bad_input_exits_2_with_one_line():
+    """As a user runs it, once (a process start costs seconds); the other cases through the same run_cli below."""
+    args, words = BAD_INPUT[0]
     result = subprocess.run([sys.executable, "-m", "harness.evaluate", *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args, words", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2_before_any_work(args, words, capsys):
+    from harness.commands.evaluate import main
+    from harness.core.cli import run_cli
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main, args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], lines
 
 
 def test_flatten_gives_the_dotted_override_keys():

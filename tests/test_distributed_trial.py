@@ -30,8 +30,8 @@ from harness.trial.distributed import (
     init_process_group,
     shard_rows,
 )
-from harness.trial.evaluate import image_features
-from harness.trial.train import run
+from harness.trial.set_reports import image_features
+from harness.trial.runner import run
 
 METHODS = ("ft", "lpft")
 WORKER_TIMEOUT_S = 180

@@ -1,7 +1,7 @@
 """TPE, NSGA-II, successive halving, Hyperband and two drivers on one SQLite file, through the real sweep driver.
 
 Each test runs ``harness.sweep.driver.Sweep`` end to end (claims, launcher, ``TrialJob``, study, results.jsonl) with
-the in-process debug launcher; only the training, ``harness.trial.train.run``, is replaced by ``FakeTraining``: known
+the in-process debug launcher; only the training, ``harness.trial.runner.run``, is replaced by ``FakeTraining``: known
 curves of the trial's config, reported epoch by epoch through the job's callbacks (so the job's pruner judges them)
 and returned as a record, as the trainer does. The expectations come from outside the driver: the fake's formulas, and
 Optuna's own samplers and pruners replayed on an in-memory study.
@@ -25,7 +25,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from submitit.local.debug import DebugJob
 
-import harness.trial.train
+import harness.trial.runner
 from harness.core.record import RunRecord
 from harness.sweep import driver
 from harness.sweep.driver import Sweep
@@ -51,7 +51,7 @@ def val_ece(weight_decay: float, seed: int) -> float:
 
 
 class FakeTraining:
-    """Stands in for ``harness.trial.train.run``: no model, the per-epoch values of ``val_acc``/``val_ece`` told to the
+    """Stands in for ``harness.trial.runner.run``: no model, the per-epoch values of ``val_acc``/``val_ece`` told to the
     callbacks (a ``TrialPruned`` from them ends the trial as pruned, as in the trainer), the record written and
     returned. ``runs`` lists every call's (run dir, lr, seed); ``before``, when set, is called first."""
 
@@ -93,7 +93,7 @@ def fake(monkeypatch, digitshift) -> FakeTraining:
     monkeypatch.setattr(driver, "_POLL_SECONDS", 0.01)
     monkeypatch.setattr(driver, "_CLAIM_SECONDS", 0.05)
     training = FakeTraining()
-    monkeypatch.setattr(harness.trial.train, "run", training)  # TrialJob imports it when it runs
+    monkeypatch.setattr(harness.trial.runner, "run", training)  # TrialJob imports it when it runs
     return training
 
 

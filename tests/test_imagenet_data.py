@@ -34,7 +34,7 @@ from harness.data.imagenet import (
 )
 from harness.data.image_files import LabelSpace, project_logits, projected_logits_and_labels
 from harness.data.pipeline import EpochSampler, clip_preprocess, make_loader
-from harness.trial.evaluate import set_report
+from harness.trial.set_reports import set_report
 
 to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # noqa: E731
 
@@ -289,7 +289,7 @@ def test_clip_preprocess_follows_the_model_config():
 def test_zero_shot_evaluation_through_predict_logits(tmp_path):
     """The evaluator's ``predict_logits`` runs on a folder set; projection then gives a 200-class-style report."""
     from harness.models.clip import create_model, encode_images
-    from harness.trial.evaluate import predict_logits
+    from harness.trial.set_reports import predict_logits
 
     model, _ = create_model("digit-vit-t", None)
     torch.manual_seed(0)  # a random 1000-way head on the image features stands in for the zero-shot head

@@ -23,7 +23,7 @@ from harness.data.pipeline import EpochSampler, clip_preprocess
 from harness.models.clip import classifier_head, create_model
 from harness.trial.batches import LoaderBatches
 from harness.trial.distributed import DistributedEnvironment
-from harness.trial.train import run
+from harness.trial.runner import run
 
 CPU = torch.device("cpu")
 

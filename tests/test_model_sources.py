@@ -18,7 +18,7 @@ from harness.core.config import RunConfig
 from harness.core.errors import PretrainedWeightsError
 from harness.data.pipeline import clip_preprocess
 from harness.models.clip import check_orthogonality, create_model, ensure_tag_weights, require_known_model
-from harness.trial.train import run
+from harness.trial.runner import run
 
 MEAN, STD = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]  # not CLIP's, so that the model's own are seen to apply
 REVISION = "0123456789abcdef0123456789abcdef01234567"

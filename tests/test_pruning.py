@@ -8,7 +8,7 @@ from harness.sweep.pruning import StudyPruner
 from harness.sweep.spec import Pruner, SweepSpec
 from harness.sweep.study import tell_result
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
-from harness.trial.train import run
+from harness.trial.runner import run
 
 
 def _study(tmp_path, directions):

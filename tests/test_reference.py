@@ -11,7 +11,7 @@ from harness.commands.reference import render
 from harness.core.config import RunConfig, flatten
 from harness.core.errors import ConfigError
 from harness.core.reference import reference
-from harness.sweep.launch import SlurmProfile
+from harness.sweep.jobs import SlurmProfile
 from harness.sweep.spec import SweepSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

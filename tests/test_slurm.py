@@ -16,7 +16,7 @@ import yaml
 
 from harness.commands.sweep import main as sweep_main
 from harness.core.config import RunConfig
-from harness.trial.train import run
+from harness.trial.runner import run
 
 pytestmark = pytest.mark.slow  # a real SLURM cluster: minutes
 
@@ -155,7 +155,7 @@ def test_a_two_task_trial_trains_one_model_over_both_tasks(slurm_cluster, tmp_pa
     rank 0 alone writes the record; the weights equal one process's on whole batches up to float noise, which is
     small next to the training update (a rank training alone on its halves is off by more than half of it)."""
     from harness.models.clip import create_model
-    from harness.trial.train import _seed_everything
+    from harness.trial.runner import _seed_everything
 
     profile = tmp_path / "two.yaml"
     profile.write_text(yaml.safe_dump({"tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 10}))

@@ -198,7 +198,7 @@ def test_sampled_points_run_once_per_seed(tmp_path):
 
 def test_slurm_launcher_without_slurm_is_a_usage_error(tmp_path, monkeypatch):
     from harness.core.errors import UsageError
-    from harness.sweep.launch import make_executor
+    from harness.sweep.jobs import make_executor
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun, sbatch, squeue
     with pytest.raises(UsageError, match='launcher slurm: Could not detect "srun"'):

@@ -8,7 +8,7 @@ import pytest
 from harness.core.config import load_run_config
 from harness.sweep.context import TrialContext
 from harness.sweep.tracking import tracker_for
-from harness.trial.train import run
+from harness.trial.runner import run
 
 FAST = ["model.name=digit-vit-t", "model.pretrained=null", "data.benchmark=digitshift-small", "method=flyp",
         "optim.epochs=2", "optim.batch_size=200",

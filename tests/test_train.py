@@ -11,8 +11,8 @@ from harness.core.record import SCHEMA
 from harness.core.summary_keys import summary_keys
 from harness.models.clip import classifier_head, create_model, encode_images
 from harness.trial.callbacks import TrainCallbacks
-from harness.trial.evaluate import evaluate_zeroshot
-from harness.trial.train import run
+from harness.trial.set_reports import evaluate_zeroshot
+from harness.trial.runner import run
 
 FAST = ["model.name=digit-vit-t", "data.benchmark=digitshift-small", "optim.epochs=1", "optim.batch_size=100",
         "optim.warmup_steps=2", "eval.batch_size=500",
@@ -268,7 +268,7 @@ def _raise(*args, **kwargs):
     raise OSError("injected failure")
 
 
-# Every step between the checks of the input and the training loop, as harness.trial.train calls it.
+# Every step between the checks of the input and the training loop, as harness.trial.runner calls it.
 FAILURE_POINTS = {"loading the benchmark": "LoadedBenchmarks.load", "resolving the device": "resolve_device",
                   "joining the process group": "init_process_group", "building the trainer": "Trainer",
                   "setting the transforms": "clip_preprocess"}
@@ -276,7 +276,7 @@ FAILURE_POINTS = {"loading the benchmark": "LoadedBenchmarks.load", "resolving t
 
 @pytest.mark.parametrize("point", list(FAILURE_POINTS))
 def test_a_failure_before_training_leaves_a_failed_record(digitshift_small, weights, tmp_path, monkeypatch, point):
-    import harness.trial.train as train
+    import harness.trial.runner as train
 
     owner, _, name = FAILURE_POINTS[point].rpartition(".")
     monkeypatch.setattr(getattr(train, owner) if owner else train, name, _raise)
@@ -301,7 +301,7 @@ def test_a_failed_trial_resumes_whatever_watches_it(carot_record, weights, tmp_p
     """A sweep may switch tracking or add a pruner (per-epoch validation) between two runs: the trial is the same."""
     overrides = [*CAROT, "eval.wise_alphas=[0.0,0.5,1.0]", "optim.checkpoint_every=7"]
     failed = run(_config(weights, tmp_path / "r", *overrides), callbacks=_FailAt(12), progress=False)
-    assert failed.status == "failed" and failed.failed_at_step == 12
+    assert failed.status == "failed" and failed.failed_at_step == 13  # on_step(12) comes after the 13th step
     watched = _config(weights, tmp_path / "r", *overrides, "tracking.mode=offline", "tracking.project=elsewhere",
                       "eval.every_epoch=true")
     record = run(watched, progress=False)

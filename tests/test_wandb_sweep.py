@@ -13,7 +13,7 @@ import wandb
 import yaml
 
 import harness.trial.pretrain
-import harness.trial.train
+import harness.trial.runner
 from harness.commands.sweep import main as sweep_main
 from harness.core.cli import run_cli
 from harness.core.errors import ConfigError
@@ -191,7 +191,7 @@ def _fake_run(seen: list, status: str = "ok"):
 def test_the_agent_trial_runs_the_trial_of_the_agents_point_in_the_agents_run(tmp_path, monkeypatch, agent_run):
     spec = load_spec(SWEEPS / "ablation.yaml", ["tracking.mode=online"])
     seen: list = []
-    monkeypatch.setattr(harness.trial.train, "run", _fake_run(seen))
+    monkeypatch.setattr(harness.trial.runner, "run", _fake_run(seen))
     agent_run({"variant": "flyp+SD", "seed": 2})
     out = tmp_path / "out"
     trial = AgentTrial(spec, SWEEPS, out)
@@ -209,7 +209,7 @@ def test_the_agent_trial_runs_the_trial_of_the_agents_point_in_the_agents_run(tm
 def test_the_agent_skips_a_seed_its_variant_does_not_run(tmp_path, monkeypatch, agent_run):
     spec = load_spec(SWEEPS / "ablation.yaml", ["tracking.mode=online"])  # zeroshot runs with seed 0 only
     seen: list = []
-    monkeypatch.setattr(harness.trial.train, "run", _fake_run(seen))
+    monkeypatch.setattr(harness.trial.runner, "run", _fake_run(seen))
     agent_run({"variant": "zeroshot", "seed": 3})
     trial = AgentTrial(spec, SWEEPS, tmp_path / "out")
     trial()
@@ -224,7 +224,7 @@ def test_the_agent_trial_normalises_ranges_and_collects_failures(tmp_path, monke
                                    "loss.sd_weight": {"low": 0.1, "high": 3.0, "log": True}},
                  sampler={"name": "tpe"}, n_trials=2, base=CAROT, tracking={"mode": "online"})
     seen: list = []
-    monkeypatch.setattr(harness.trial.train, "run", _fake_run(seen, status="failed"))
+    monkeypatch.setattr(harness.trial.runner, "run", _fake_run(seen, status="failed"))
     agent_run({"ema.period": 7.0, "loss.sd_weight": 1, "seed": 0})
     trial = AgentTrial(spec, tmp_path, tmp_path / "out")
     trial()

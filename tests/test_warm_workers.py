@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried(tmp_path, digitshift_sm
 def _config(tmp_path: Path, name: str, **changes) -> dict:
     return RunConfig.model_validate({**TINY, "method": "flyp", "tracking": {"mode": "disabled"},
                                      "optim": {**TINY["optim"], "batch_size": 1000},
-                                     "eval": {"batch_size": 500, "bootstrap": 20, "floor_draws": 20},
+                                     "eval": {"batch_size": 500, "bootstrap": 0, "temperature_scaling": False},
                                      "run_dir": str(tmp_path / name), **changes}).model_dump(mode="json")
 
 

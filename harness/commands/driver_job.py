@@ -17,7 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from harness.sweep.launch import SlurmProfile, load_profile, render_sbatch, slurm_executor
+from harness.sweep.jobs import SlurmProfile, load_profile, render_sbatch, slurm_executor
 from harness.sweep.spec import SweepSpec
 
 DRIVER_FLAG = "--driver-job"

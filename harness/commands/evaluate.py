@@ -17,7 +17,7 @@ from harness.data.pipeline import clip_preprocess
 from harness.models.clip import create_model, logit_scale
 from harness.trial.compute import resolve_device
 from harness.trial.distributed import SINGLE_PROCESS
-from harness.trial.evaluate import evaluate_zeroshot, format_table
+from harness.trial.set_reports import evaluate_zeroshot, format_table
 from harness.trial.preflight import preflight
 from harness.trial.pretrain import ensure_weights
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.core.cli import config_parser, parse_config
 from harness.core.storage import file_lock
-from harness.trial.evaluate import format_table
+from harness.trial.set_reports import format_table
 from harness.trial.pretrain import PretrainConfig, pretrain, weights_path
 
 

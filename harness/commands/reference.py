@@ -9,7 +9,7 @@ from __future__ import annotations
 from harness.core.cli import command_parser, parse_args, run_cli
 from harness.core.config import RunConfig
 from harness.core.reference import markdown_table, reference
-from harness.sweep.launch import SlurmProfile
+from harness.sweep.jobs import SlurmProfile
 from harness.sweep.spec import SweepSpec
 
 _INTRO = """# Configuration reference

@@ -28,7 +28,7 @@ from harness.core.cli import command_parser, parse_args
 from harness.core.errors import ConfigError
 from harness.sweep.driver import Sweep
 from harness.commands.driver_job import DRIVER_FLAG, driver_folder, render_driver_sbatch, submit_driver
-from harness.sweep.launch import load_profile, render_sbatch
+from harness.sweep.jobs import load_profile, render_sbatch
 from harness.sweep.spec import SweepSpec, load_spec
 from harness.sweep.study import default_storage
 

@@ -15,7 +15,7 @@ from harness.core.cli import config_parser, parse_config
 from harness.core.config import RunConfig
 from harness.trial.preflight import preflight
 from harness.trial.pretrain import ensure_weights
-from harness.trial.train import format_record, run
+from harness.trial.runner import format_record, run
 
 
 def main(argv: list[str] | None = None) -> int:

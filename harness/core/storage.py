@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 CACHE_ENV = "CAROT_HARNESS_CACHE"
 
 
@@ -78,6 +76,8 @@ def _write_and_rename(path: Path, write) -> Path:
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
     """Save with ``torch.save`` so that readers see the old file or the whole new one, never a part."""
+    import torch  # here: the records and locks of this module serve processes that never load torch (a sweep's claims)
+
     return _atomic(path, lambda handle: torch.save(obj, handle))
 
 

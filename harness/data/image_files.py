@@ -157,7 +157,7 @@ class FolderImageSet(Dataset):
 
     ``labels`` (a tensor, as ``ImageSet``), ``label_space``, ``class_subset`` and ``classnames``
     describe the classes; ``batches`` serves ``(images, labels, indices)`` through a DataLoader so
-    ``harness.trial.evaluate.predict_logits`` runs on it unchanged.
+    ``harness.trial.set_reports.predict_logits`` runs on it unchanged.
     """
 
     def __init__(

@@ -28,7 +28,7 @@ from harness.core.errors import UsageError
 from harness.core.storage import file_lock
 from harness.sweep.plan import Plan, sampled
 from harness.sweep.spec import SweepSpec, point_key
-from harness.sweep.study import make_sampler, shown
+from harness.sweep.study import make_sampler, redacted
 
 # Longer than any claim takes (a few storage round trips), so only a dead holder's lock is broken.
 _JOURNAL_GRACE_S = 60
@@ -56,7 +56,7 @@ class ClaimLock:
 
             self._engine = sqlalchemy.create_engine(storage, poolclass=NullPool)
         else:
-            raise UsageError(f"storage {shown(storage)!r}: sweeps support sqlite:///, journal:PATH and postgresql:// "
+            raise UsageError(f"storage {redacted(storage)!r}: sweeps support sqlite:///, journal:PATH and postgresql:// "
                              "(drivers need a lock in the storage to share a study)")
 
     @contextmanager

@@ -24,14 +24,13 @@ from harness.sweep.claims import (
     point_states,
     progress,
 )
-from harness.sweep.launch import load_profile
+from harness.sweep.jobs import load_profile
 from harness.sweep.launcher import Launcher, Running
 from harness.sweep.plan import Plan
 from harness.sweep.preview import describe
 from harness.sweep.sink import ResultSink, result_line
 from harness.sweep.spec import SweepSpec
 from harness.sweep.study import TrialStore, open_storage, open_study, tell_result
-from harness.trial.preflight import preflight, prepare_shared
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class Sweep:
         self.launcher = Launcher(self.plan, storage)
         self.sink = ResultSink(out)
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
-        self.mine: set[int] = set()  # trials this driver launched and has not told yet
+        self.launched_here: set[int] = set()  # trials this driver launched and has not told yet
         self.store: TrialStore | None = None  # the study's trials by number, once open_study has run
 
     def total(self) -> int:
@@ -61,12 +60,16 @@ class Sweep:
 
     def check(self) -> None:
         """Check every known trial's model, weights, data and batch before any work (``harness.trial.preflight``)."""
+        from harness.trial.preflight import preflight  # open_clip: only a driver that runs or checks trials needs it
+
         launcher = self.plan.spec.launcher
         processes = load_profile(launcher.profile or "").tasks_per_node if launcher.kind == "slurm" else 1
         preflight(self.plan.known_configs(), processes)
 
     def prepare(self) -> None:
         """After ``check``: build what every trial shares once, here, with visible progress (``prepare_shared``)."""
+        from harness.trial.preflight import prepare_shared
+
         prepare_shared(self.plan.known_configs())
 
     def data_digests(self) -> dict[str, str]:
@@ -92,19 +95,19 @@ class Sweep:
             self._settle(study)
             claim = next_claim(study, self.plan, self.driver)
             if claim is not None:
-                self.mine.add(claim.trial.number)
+                self.launched_here.add(claim.trial.number)
         return claim
 
     def _settle(self, study: optuna.Study) -> None:
         """Finish the running trials that nobody will tell: their driver died and so did their job (or it ended)."""
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in self.mine and (result := self.launcher.adopt(trial)) is not None:
+            if trial.number not in self.launched_here and (result := self.launcher.adopt(trial)) is not None:
                 self._finish(study, trial.number, result)
 
     def _finish(self, study: optuna.Study, number: int, result: TrialOutcome) -> None:
         """Tell the study a trial's result and append its line."""
         self._tell(study, number, result)
-        self.mine.discard(number)
+        self.launched_here.discard(number)
         self.sink.append(result_line(self.store.get(number), self.out))
 
     def _tell(self, study: optuna.Study, number: int, result: TrialOutcome) -> None:
@@ -163,7 +166,7 @@ class Sweep:
                     if not running and complete(study.get_trials(deepcopy=False), self.plan):
                         break
                 time.sleep(_POLL_SECONDS)
-                for item in [r for r in running if self.launcher.over(r)]:
+                for item in [r for r in running if self.launcher.job_ended(r)]:
                     running.remove(item)
                     self._finish(study, item.number, self.launcher.result(item))
                     next_claim_at = 0.0

@@ -16,7 +16,7 @@ import optuna
 from harness.core.record import RunRecord, TrialOutcome, UnreadableRecordError
 from harness.sweep.claims import INTERRUPTED, Claim
 from harness.sweep.context import PruningContext, TrialContext
-from harness.sweep.launch import TrialJob, make_executor, threads_per_job
+from harness.sweep.jobs import TrialJob, make_executor, threads_per_job
 from harness.sweep.plan import Plan
 from harness.sweep.spec import VARIANT
 from harness.sweep.warm import WarmPool
@@ -81,7 +81,7 @@ class Launcher:
             claim.trial.set_user_attr("job_id", str(job.job_id))
         return [Running(claim.trial.number, job) for claim, job in zip(claims, jobs)]
 
-    def over(self, item: Running) -> bool:
+    def job_ended(self, item: Running) -> bool:
         """submitit learns that a SLURM job ended from its result file or from sacct; without accounting, and for a
         job killed before writing a result, only squeue can tell, so ask it now and then."""
         if item.job.done():

@@ -10,7 +10,7 @@ import optuna
 
 from harness.core.config import RunConfig
 from harness.sweep.spec import SweepSpec, grid_points, point_key, run_slug, trial_config
-from harness.sweep.study import shown
+from harness.sweep.study import redacted
 
 Point = tuple[dict[str, Any], int]  # (params, seed)
 
@@ -59,7 +59,7 @@ class Plan:
         spec, planned = self.spec, self.planned()
         lines = [f"sweep {spec.name}: {self.total()} trials, launcher {spec.launcher.kind} "
                  f"(parallelism {spec.launcher.parallelism}{', profile ' + spec.launcher.profile if spec.launcher.profile else ''}), "
-                 f"storage {shown(storage)}, output {self.out}"]
+                 f"storage {redacted(storage)}, output {self.out}"]
         if planned is None:
             lines.append(f"sampler {spec.sampler.name} (seed {spec.sampler.seed}): {spec.n_trials} points x seeds {spec.seeds}")
             lines += [f"  {key}: {space.model_dump(exclude_none=True)}" for key, space in spec.search.items()]

@@ -7,10 +7,9 @@ from typing import Any
 
 from harness.core.config import RunConfig, flatten
 from harness.core.methods import METHODS
-from harness.sweep.launch import load_profile, threads_per_job
+from harness.sweep.jobs import load_profile, threads_per_job
 from harness.sweep.plan import Plan
 from harness.sweep.spec import VARIANT
-from harness.trial.preflight import train_size
 
 # Keys that differ between the trials of one variant, or say nothing about what trains.
 _PER_TRIAL = ("seed", "run_dir", "tracking.")
@@ -25,6 +24,8 @@ def _steps(config: RunConfig, sizes: dict[str, int | None]) -> str:
     (``sizes``: the sizes found so far, by data section)."""
     key = config.data.model_dump_json()
     if key not in sizes:
+        from harness.trial.preflight import train_size  # open_clip and the data readers: the dry run alone needs them
+
         sizes[key] = train_size(config.data)
     size = sizes[key]
     method = METHODS[config.method]

@@ -17,7 +17,7 @@ from harness.sweep.spec import SweepSpec
 _DIGEST_KEYS = ("base", "overrides", "variants", "search", "seeds", "sampler", "objectives")
 
 
-def shown(storage: str) -> str:
+def redacted(storage: str) -> str:
     """A storage URL fit for messages: its password replaced by ***."""
     if storage.startswith("journal:"):
         return storage
@@ -42,7 +42,7 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     try:
         return optuna.storages.RDBStorage(storage, heartbeat_interval=None)
     except Exception as exc:  # SQLAlchemy raises many kinds for bad URLs and unreachable servers
-        raise UsageError(f"storage {shown(storage)!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"storage {redacted(storage)!r} is unusable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
 
 def make_sampler(spec: SweepSpec, draw: int = 0) -> optuna.samplers.BaseSampler:
@@ -96,11 +96,11 @@ def open_study(spec: SweepSpec, storage: str, backend: optuna.storages.BaseStora
     except KeyError:
         existing = None
     except Exception as exc:
-        raise UsageError(f"storage {shown(storage)!r} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"storage {redacted(storage)!r} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if existing is not None:
         if existing.user_attrs.get("spec_digest") != digest or [d.name.lower() for d in existing.directions] != directions:
             data = " (or its benchmark files' data changed: their content digest differs)" if data_digests else ""
-            raise UsageError(f"a different study named {spec.name!r} already exists in {shown(storage)}{data}; rename "
+            raise UsageError(f"a different study named {spec.name!r} already exists in {redacted(storage)}{data}; rename "
                              "the sweep or use another storage (nothing was changed)")
     study = optuna.create_study(study_name=spec.name, storage=backend, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(spec), pruner=make_pruner(spec.pruner.name, spec.pruner.warmup_epochs))

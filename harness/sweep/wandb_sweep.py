@@ -109,7 +109,7 @@ class AgentTrial:
     def __call__(self) -> None:
         import wandb
 
-        from harness.sweep.launch import TrialJob, threads_per_job
+        from harness.sweep.jobs import TrialJob, threads_per_job
 
         run = wandb.init(dir=str(self.out))  # the agent's run: its config holds the point; tracking logs to it
         params, seed = self.point(run.config)

@@ -177,7 +177,7 @@ def _finish_wandb() -> None:
 def serve(conn: Connection) -> None:
     """Run the trials the driver sends until it closes the socket (or dies)."""
     from harness.data import LoadedBenchmarks
-    from harness.sweep.launch import run_trial
+    from harness.sweep.jobs import run_trial
 
     benchmarks, tracking = LoadedBenchmarks(), False
     while True:

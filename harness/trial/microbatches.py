@@ -53,19 +53,19 @@ def _splice(cached: torch.Tensor, rows: slice, fresh: torch.Tensor) -> torch.Ten
 
 @dataclass
 class MicroBatches:
-    """How one optimizer step runs: through ``forward`` (the trained module or its DDP wrapper), in ``parts``
+    """How one optimizer step runs: through ``trained`` (the trained module or its DDP wrapper), in ``parts``
     micro-batches, forwards under ``precision`` (an autocast context factory), backwards through ``scaler``."""
 
-    forward: torch.nn.Module
+    trained: torch.nn.Module
     parts: int
     precision: Callable[[], AbstractContextManager]
     scaler: torch.amp.GradScaler
 
     def _sync_unless(self, last: bool) -> AbstractContextManager:
         """DDP synchronises gradients in the last pass only (forward and backward of the others under ``no_sync``)."""
-        if last or not hasattr(self.forward, "no_sync"):
+        if last or not hasattr(self.trained, "no_sync"):
             return nullcontext()
-        return self.forward.no_sync()
+        return self.trained.no_sync()
 
     def contrastive(self, model: torch.nn.Module, images: torch.Tensor, captions: Captions, labels: torch.Tensor,
                     loss: LossConfig, teacher: EMATeacher | None = None, gather: Gather = identity
@@ -73,7 +73,7 @@ class MicroBatches:
         """Backpropagate the whole batch's contrastive (and CaRot) loss; its terms and ``loss``, detached.
 
         ``images`` are this process's rows, ``captions`` their distinct captions and each image's among them,
-        ``labels`` the whole batch's; ``model`` is the module ``forward`` wraps (its projections are penalised).
+        ``labels`` the whole batch's; ``model`` is the module ``trained`` wraps (its projections are penalised).
         """
         image_parts = micro_slices(len(images), self.parts)
         text_parts = micro_slices(len(captions.tokens), self.parts)
@@ -87,7 +87,7 @@ class MicroBatches:
             last = part == self.parts - 1
             with self._sync_unless(last):
                 with self.precision():
-                    image_rows, text_rows, scale = self.forward(images[rows], captions.tokens[texts])[:3]
+                    image_rows, text_rows, scale = self.trained(images[rows], captions.tokens[texts])[:3]
                     if cached is not None:
                         image_rows = _splice(cached[0], rows, image_rows.float())
                         text_rows = _splice(cached[1], texts, text_rows.float())
@@ -117,7 +117,7 @@ class MicroBatches:
             with self._sync_unless(part == self.parts - 1):
                 with self.precision():
                     share = (rows.stop - rows.start) / len(images)
-                    term = cross_entropy_terms(self.forward, images[rows], labels[rows], label_smoothing)["cross_entropy"]
+                    term = cross_entropy_terms(self.trained, images[rows], labels[rows], label_smoothing)["cross_entropy"]
                 self.scaler.scale(term * share).backward()
             mean = mean + share * term.detach().float()
         return {"cross_entropy": mean, "loss": mean}

@@ -44,7 +44,7 @@ from harness.models.clip import (
     encode_images,
     encode_texts,
 )
-from harness.trial.evaluate import evaluate_zeroshot, format_table
+from harness.trial.set_reports import evaluate_zeroshot, format_table
 from harness.trial.losses import contrastive_loss
 from harness.trial.optim import (
     DecayOn,

@@ -88,7 +88,14 @@ def cross_entropy_terms(classifier: torch.nn.Module, images: torch.Tensor, label
     return {"cross_entropy": F.cross_entropy(classifier(images), labels, label_smoothing=label_smoothing)}
 
 
+_SUM_ORDER = ("contrastive", "cross_entropy", "oc", "cross", "sd")  # one order, whatever order the terms came in
+
+
 def weighted_loss(terms: dict[str, torch.Tensor], loss: LossConfig) -> torch.Tensor:
-    """L = sum of the terms, λ_OC, λ_cross and λ_SD applied."""
+    """L = sum of the terms, λ_OC, λ_cross and λ_SD applied, always added in the same order (float addition is not
+    associative: the same terms in another order would give a loss, and gradients, a rounding apart)."""
     weights = {"oc": loss.oc_weight, "cross": loss.cross_weight, "sd": loss.sd_weight}
-    return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+    unknown = set(terms) - set(_SUM_ORDER)
+    if unknown:
+        raise ValueError(f"unknown loss terms {sorted(unknown)}")
+    return sum(weights.get(name, 1.0) * terms[name] for name in _SUM_ORDER if name in terms)

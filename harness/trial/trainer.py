@@ -39,7 +39,7 @@ from harness.trial.distributed import (
     wrap_for_training,
 )
 from harness.trial.ema import EMATeacher, momentum_at
-from harness.trial.evaluate import head_logits, image_features, set_report
+from harness.trial.set_reports import head_logits, image_features, set_report
 from harness.trial.microbatches import MicroBatches
 from harness.trial.optim import (
     clip_and_step,
@@ -106,7 +106,7 @@ class Trainer:
         self.model, self.tokenizer = create_model(config.model.name, embedded_weights(config.model))
         self.pretrained_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on the CPU
         self.model.to(device)
-        self.forward: torch.nn.Module = self.model  # what the stage trains, or its DDP wrapper (make_optimizer)
+        self.trained: torch.nn.Module = self.model  # what the stage trains, or its DDP wrapper (make_optimizer)
         self.head = classifier_head(self.model, self.tokenizer, benchmark.classnames, benchmark.zeroshot_templates)
         self.teacher = EMATeacher(self.model) if has_teacher(config) else None
         self.batches = training_batches(benchmark, config.optim.batch_size, config.seed, env, device,
@@ -194,7 +194,7 @@ class Trainer:
                               self.config.optim.weight_decay_on)
         trained = self.model if stage.objective == "contrastive" else ImageClassifier(
             self.model, self.head, train_tower=stage.trains != "head")
-        self.forward = wrap_for_training(trained, self.env, self.device)  # after requires_grad: DDP registers them
+        self.trained = wrap_for_training(trained, self.env, self.device)  # after requires_grad: DDP registers them
         return torch.optim.AdamW(groups, lr=self.config.optim.lr)
 
     def train_step(self, stage: Stage, optimizer: torch.optim.Optimizer, stage_step: int, stage_steps: int) -> None:
@@ -205,7 +205,7 @@ class Trainer:
         factor = cosine_with_warmup(stage_step, stage_steps, optim.warmup_steps)
         set_learning_rate(optimizer, optim.lr, factor)
         optimizer.zero_grad(set_to_none=True)
-        micro = MicroBatches(self.forward, optim.accum_steps, lambda: autocast(self.config.compute, self.device),
+        micro = MicroBatches(self.trained, optim.accum_steps, lambda: autocast(self.config.compute, self.device),
                              self.scaler)
         if stage.objective == "contrastive":  # the terms of the whole batch from this process's rows of it
             terms = micro.contrastive(self.model, batch.images, self.captions(batch.captions), batch.labels,

@@ -1,6 +1,6 @@
 """Launching trials with submitit: executors (local processes, in-process debug, SLURM profiles) and the job body.
 
-A job runs ``harness.trial.train.run`` on one trial's config and returns a small dict (status, summary,
+A job runs ``harness.trial.runner.run`` on one trial's config and returns a small dict (status, summary,
 record path, error). With a pruner, the job reports per-epoch validation values to the study's
 storage and stops when Optuna says so. On SLURM, jobs are ``Checkpointable``: on preemption or
 time-out submitit requeues them and ``run`` resumes from the trial's own checkpoint.
@@ -144,7 +144,7 @@ def run_trial(config: dict[str, Any], context: TrialContext | None, threads: int
     from harness.sweep.tracking import tracker_for
     from harness.trial.callbacks import TrainCallbacks
     from harness.trial.distributed import environment_from_env
-    from harness.trial.train import run
+    from harness.trial.runner import run
 
     torch.set_num_threads(job_threads(threads))
     run_config = RunConfig.model_validate(config)

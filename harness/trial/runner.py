@@ -5,7 +5,7 @@
 ``run(config)`` seeds everything, builds the model from its pre-trained weights and trains the
 method's stages (``harness.trial.trainer``), evaluates every test set (student, EMA teacher for
 CaRot, temperature-scaled, WiSE-FT) and measures the ID embedding spectrum
-(``harness.trial.evaluate_trial``), saves weights as ``state_dict``s and writes
+(``harness.trial.evaluation``), saves weights as ``state_dict``s and writes
 ``RUN_DIR/record.json`` atomically. A run killed at any moment and started again with the same
 run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derived from
 (seed, epoch, step), so it ends with the same metrics as an uninterrupted run.
@@ -41,8 +41,8 @@ from harness.trial.distributed import (
     destroy_process_group,
     init_process_group,
 )
-from harness.trial.evaluate import format_table
-from harness.trial.evaluate_trial import evaluate_trial
+from harness.trial.set_reports import format_table
+from harness.trial.evaluation import evaluate_trial
 from harness.trial.trainer import Trainer
 
 

@@ -20,7 +20,7 @@ from harness.core.metrics import CalibrationUncertainty, embedding_spectrum
 from harness.core.summary_keys import teacher_evaluated
 from harness.data import Benchmark
 from harness.models.clip import classifier_head, create_model
-from harness.trial.evaluate import (
+from harness.trial.set_reports import (
     head_logits,
     image_features,
     set_report,
