@@ -4,6 +4,7 @@ model configs and the benchmark assets are package data, found from any working 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_an_installed_copy_runs_the_slurm_dry_run_from_another_directory(tmp_path):
+    source = tmp_path / "source"  # built from a copy: setuptools writes build/ into the tree it builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("harness", "analysis"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = os.environ | {"PYTHONPATH": str(target)}  # ahead of the checkout's editable install
