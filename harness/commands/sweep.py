@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                         "resubmits it, and the new driver adopts the running trials")
     parser.add_argument("--storage", help="study storage: sqlite:///PATH (default OUT/study.db), journal:PATH or postgresql://...")
     parser.add_argument("--parallelism", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec key (a run-config key such as optim.lr means the base's: base.optim.lr); "
+                        "every key: docs/config.md")
     parser.add_argument("--engine", choices=("optuna", "wandb"), default="optuna",
                         help="optuna (default): this driver and submitit jobs; wandb: a W&B sweep and a wandb.agent "
                              "worker here (needs tracking.mode=online and a W&B login)")
