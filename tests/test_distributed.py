@@ -19,7 +19,7 @@ import pytest
 import torch
 from gloo_workers import spawn_workers
 from gradients import assert_gradients_match
-from torch.utils.data import Dataset
+from item_sets import ItemByItem
 
 from harness.core.config import load_run_config
 from harness.data import Benchmark, ImageSet
@@ -65,22 +65,9 @@ def _benchmark() -> Benchmark:
     )
 
 
-class _ItemByItem(Dataset):
-    """The same images served one by one, like files (not an ``ImageSet``): training goes through ``LoaderBatches``."""
-
-    def __init__(self, images: ImageSet):
-        self.images, self.labels = images, images.labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.images[index]
-
-
 def _loader_benchmark() -> Benchmark:
     benchmark = _benchmark()
-    benchmark.train = _ItemByItem(benchmark.train)
+    benchmark.train = ItemByItem(benchmark.train)
     return benchmark
 
 

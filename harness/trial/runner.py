@@ -14,7 +14,6 @@ run directory continues from ``RUN_DIR/checkpoint.pt``; all randomness is derive
 from __future__ import annotations
 
 import platform
-import statistics
 import subprocess
 import time
 import traceback
@@ -149,7 +148,6 @@ def _failed(record: dict[str, Any], exc: Exception, step: int | None, env: Distr
 def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, callbacks: TrainCallbacks,
                       progress: bool, env: DistributedEnvironment, device: torch.device, record: dict[str, Any]) -> RunRecord:
     trainer: Trainer | None = None
-    started = time.perf_counter()
     try:
         trainer = Trainer(config, benchmark, run_dir, callbacks, env, device)
         # sets read from files get the model's preprocessing, known once the model is built
@@ -167,7 +165,6 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
                                                           "history": trainer.history}), env)
     except Exception as exc:  # the trial failed; say why, keep the checkpoint for a later resume
         return _failed(record, exc, trainer.step if trainer is not None else None, env, run_dir)
-    step_seconds = trainer.step_seconds
     record |= evaluation | {
         "status": "ok",
         "history": trainer.history,
@@ -176,7 +173,6 @@ def _train_and_record(config: RunConfig, benchmark: Benchmark, run_dir: Path, ca
             "eval_s": time.perf_counter() - started - train_seconds,
             "steps": trainer.total_steps,
             "ema_period_steps": trainer.ema_period if trainer.teacher is not None else None,
-            "step_s_median": statistics.median(step_seconds) if step_seconds else None,
         } | trainer.throughput.summary(),
     }
     record["paths"] |= paths

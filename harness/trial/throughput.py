@@ -4,6 +4,8 @@ large data-wait share; one that fits its GPU poorly, its peak memory."""
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from harness.core.record import EpochThroughput
@@ -17,7 +19,7 @@ class ThroughputMeter:
     def __init__(self, batch_size: int, world_size: int, device: torch.device):
         self.batch_size, self.world_size, self.device = batch_size, world_size, device
         self.data_wait_s = self.compute_s = 0.0
-        self.steps = 0
+        self.step_seconds: list[float] = []  # this process's steps, data wait and compute together
         self.epochs: list[EpochThroughput] = []
         self._epoch_start = (0, 0.0, 0.0)  # steps, data wait, compute at the epoch's start
         self._reset_peak()
@@ -26,8 +28,12 @@ class ThroughputMeter:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    @property
+    def steps(self) -> int:
+        return len(self.step_seconds)
+
     def add_step(self, data_wait_s: float, compute_s: float) -> None:
-        self.steps += 1
+        self.step_seconds.append(data_wait_s + compute_s)
         self.data_wait_s += data_wait_s
         self.compute_s += compute_s
 
@@ -52,7 +58,7 @@ class ThroughputMeter:
     def summary(self) -> dict[str, object]:
         """The record's timings fields."""
         seconds = self.data_wait_s + self.compute_s
-        return {"data_wait_s": self.data_wait_s, "compute_s": self.compute_s,
+        return {"step_s_median": statistics.median(self.step_seconds) if self.step_seconds else None,
+                "data_wait_s": self.data_wait_s, "compute_s": self.compute_s,
                 "samples_per_s": self.steps * self.batch_size / seconds if seconds > 0 else None,
                 "throughput": [epoch.model_dump() for epoch in self.epochs]}
-

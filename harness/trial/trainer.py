@@ -120,7 +120,6 @@ class Trainer:
         self.ema_period = config.ema.period_steps(self.total_steps)
         self.step = 0
         self.history: list[dict] = []
-        self.step_seconds: list[float] = []
         self.throughput = ThroughputMeter(config.optim.batch_size, env.world_size, device)
         self.checkpoint_path = run_dir / "checkpoint.pt"
         self._resumed_optimizer: tuple[int, dict] | None = None
@@ -224,9 +223,7 @@ class Trainer:
         if self.teacher is not None and (self.step + 1) % self.ema_period == 0:
             ema = self.config.ema
             self.teacher.update(self.model, momentum_at(self.step, self.total_steps, ema.m_src, ema.m_tar, ema.warmup))
-        finished = time.perf_counter()
-        self.step_seconds.append(finished - started)
-        self.throughput.add_step(fetched - started, finished - fetched)
+        self.throughput.add_step(fetched - started, time.perf_counter() - fetched)
         self.step += 1
         if self.env.is_main:
             self.callbacks.on_step(self.step - 1, reported, optim.lr * factor)
