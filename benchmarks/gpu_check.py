@@ -33,6 +33,7 @@ from harness.data import Benchmark, ImageSet
 from harness.models.clip import with_embedded_configs
 from harness.trial.callbacks import TrainCallbacks
 from harness.trial.distributed import (
+    SINGLE_PROCESS,
     DistributedEnvironment,
     destroy_process_group,
     environment_from_env,
@@ -61,7 +62,7 @@ def trainer(overrides: list[str], run_dir: Path, benchmark: Benchmark, device: t
             env: DistributedEnvironment | None = None, callbacks: TrainCallbacks | None = None) -> Trainer:
     config = load_run_config(None, [*CAROT, *overrides, f"run_dir={run_dir}"])
     torch.manual_seed(0)
-    return Trainer(config, benchmark, run_dir, callbacks or TrainCallbacks(), env or DistributedEnvironment(), device)
+    return Trainer(config, benchmark, run_dir, callbacks or TrainCallbacks(), env or SINGLE_PROCESS, device)
 
 
 def image_size(model: str) -> int:

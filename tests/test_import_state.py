@@ -1,7 +1,7 @@
 """Importing the project changes no process-wide state: a library user (a notebook, another harness) imports any
 module and finds its umask, open_clip's model registry, logging, matplotlib's settings, torch's threads and the
-environment as they were (the libraries it imports may add warning filters of their own: not checked). Each change happens where it is needed (a model looked up, a command
-run)."""
+environment as they were (the libraries it imports may add warning filters of their own: not checked). Each
+change happens where it is needed (a model looked up, a command run)."""
 
 from __future__ import annotations
 

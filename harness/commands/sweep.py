@@ -29,7 +29,7 @@ from harness.core.errors import ConfigError
 from harness.sweep.driver import Sweep
 from harness.commands.driver_job import DRIVER_FLAG, driver_folder, render_driver_sbatch, submit_driver
 from harness.sweep.jobs import load_profile, render_sbatch
-from harness.sweep.spec import SweepSpec, load_spec
+from harness.sweep.spec import PROFILE_SUFFIXES, SweepSpec, load_spec
 from harness.sweep.study import default_storage
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would drown the progress bar
     overrides = list(args.set)
-    if args.profile and args.profile.endswith((".yaml", ".yml")):
+    if args.profile and args.profile.endswith(PROFILE_SUFFIXES):
         args.profile = str(Path(args.profile).resolve())  # relative to where the command runs
     for flag, key in (("out", "out"), ("launcher", "launcher.kind"), ("profile", "launcher.profile"),
                       ("storage", "storage"), ("parallelism", "launcher.parallelism")):

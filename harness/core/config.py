@@ -343,11 +343,14 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 _LATER_KEYS = ("plugins",)
 
 
-def config_hash(config: BaseModel, length: int = 12) -> str:
-    """A short stable digest of a config, used to key caches."""
-    dumped = config.model_dump(mode="json")
+def _digest(dumped: dict[str, Any], length: int = 12) -> str:
     payload = json.dumps({k: v for k, v in dumped.items() if k not in _LATER_KEYS or v}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def config_hash(config: BaseModel, length: int = 12) -> str:
+    """A short stable digest of a config, used to key caches."""
+    return _digest(config.model_dump(mode="json"), length)
 
 
 # Keys that change how a trial is watched, not what it computes: between two runs of a sweep, tracking may be
@@ -358,10 +361,10 @@ _WATCHING_KEYS = {"tracking": None, "eval": ("every_epoch",)}
 def trial_digest(config: RunConfig) -> str:
     """The digest of what a trial computes (``config_hash`` without the watching keys): a record or checkpoint
     belongs to a config when it carries this digest (or, written before it existed, the config's full hash)."""
-    dumped = {k: v for k, v in config.model_dump(mode="json").items() if k not in _LATER_KEYS or v}
+    dumped = config.model_dump(mode="json")
     for section, keys in _WATCHING_KEYS.items():
         dumped[section] = {} if keys is None else {k: v for k, v in dumped[section].items() if k not in keys}
-    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:12]
+    return _digest(dumped)
 
 
 def belongs_to(digest: str, config: RunConfig) -> bool:

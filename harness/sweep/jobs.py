@@ -22,12 +22,12 @@ from harness.core.config import StrictModel, build
 from harness.core.errors import ConfigError, UsageError
 from harness.core.record import TrialOutcome
 from harness.sweep.context import TrialContext
+from harness.sweep.spec import PROFILE_SUFFIXES
 
 if TYPE_CHECKING:
     from harness.data import LoadedBenchmarks
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"  # package data: gpu-1, gpu-2, gpu-8
-PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
 class DriverResources(StrictModel):
@@ -89,22 +89,23 @@ def slurm_parameters(profile: SlurmProfile, parallelism: int) -> dict[str, Any]:
 def make_executor(kind: str, folder: Path, parallelism: int, profile: str | None) -> submitit.Executor:
     if kind == "slurm":
         return slurm_executor(load_profile(profile or ""), folder, parallelism)
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=kind)
-    except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
-        raise UsageError(f"launcher {kind}: {exc}") from exc
+    executor = _auto_executor(folder, kind)
     executor.update_parameters(timeout_min=24 * 60)
     return executor
 
 
 def slurm_executor(profile: SlurmProfile, folder: Path, parallelism: int) -> submitit.Executor:
     """A SLURM executor submitting jobs with ``profile``'s resources, requeued up to its ``max_timeouts``."""
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=profile.max_timeouts)
-    except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
-        raise UsageError(f"launcher slurm: {exc}") from exc
+    executor = _auto_executor(folder, "slurm", slurm_max_num_timeout=profile.max_timeouts)
     executor.update_parameters(**{f"slurm_{key}": value for key, value in slurm_parameters(profile, parallelism).items()})
     return executor
+
+
+def _auto_executor(folder: Path, kind: str, **options: Any) -> submitit.Executor:
+    try:
+        return submitit.AutoExecutor(folder=folder, cluster=kind, **options)
+    except RuntimeError as exc:  # submitit's way of saying SLURM's commands are missing here
+        raise UsageError(f"launcher {kind}: {exc}") from exc
 
 
 def render_sbatch(profile: str | SlurmProfile, folder: Path, parallelism: int = 1, array_size: int = 1,

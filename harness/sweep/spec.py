@@ -27,6 +27,7 @@ from harness.core.config import (
 from harness.core.errors import ConfigError
 from harness.core.summary_keys import EPOCH_KEYS, summary_keys
 
+PROFILE_SUFFIXES = (".yaml", ".yml")  # launcher.profile names a file of one's own; otherwise a shipped profile
 VARIANT = "variant"  # the search dimension whose values name override sets in ``variants``
 
 
@@ -171,7 +172,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     spec = load(SweepSpec, path, [spec_override(text) for text in overrides or []])
     folder = Path(path).parent
     profile = spec.launcher.profile
-    if profile and profile.endswith((".yaml", ".yml")) and not Path(profile).is_absolute():
+    if profile and profile.endswith(PROFILE_SUFFIXES) and not Path(profile).is_absolute():
         spec.launcher.profile = str((folder / profile).resolve())
     base_config(spec, folder)
     for params in _probe_points(spec):  # every config the sweep can produce must validate before any job starts
