@@ -12,6 +12,21 @@ import pytest
 from harness.core.storage import CACHE_ENV
 
 
+def pytest_addoption(parser):
+    parser.addoption("--backbones", action="store_true",
+                     help="also pre-train every embedded backbone on every embedded benchmark (about 20 minutes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``backbones`` run only with --backbones: together they pre-train five models from scratch."""
+    if config.getoption("--backbones"):
+        return
+    skip = pytest.mark.skip(reason="pre-trains an embedded backbone; run with --backbones")
+    for item in items:
+        if "backbones" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Keep tests away from the user's cache: everything built during the session lands here."""

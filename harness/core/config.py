@@ -35,8 +35,9 @@ class ModelConfig(StrictModel):
     pretrained: str | None = Field(
         "digitshift",
         description=(
-            "'digitshift': the embedded small CLIP, built on first use; a path to a state_dict "
-            "file; an open_clip pretrained tag; or null for random init"
+            "a benchmark with a pre-training pool (digitshift, iconshift, or a benchmark file with "
+            "splits.pretrain): the embedded small CLIP pre-trained on it, built on first use; a path to a "
+            "state_dict file; an open_clip pretrained tag; or null for random init"
         ),
     )
 
@@ -53,7 +54,7 @@ class DataConfig(StrictModel):
     """The benchmark: its training, validation and test sets, and how they are read."""
 
     benchmark: str = Field(
-        "digitshift", description="a registered benchmark (digitshift, digitshift-small, imagenet, or a plugin's), or "
+        "digitshift", description="a registered benchmark (digitshift, digitshift-small, iconshift, imagenet, or a plugin's), or "
         "the path of a benchmark file (.yaml; docs/benchmark-files.md), made absolute against the current directory")
     root: str | None = Field(None, description="data root for benchmarks read from disk (digitshift ignores it; a "
                              "benchmark file's relative paths resolve against it instead of the file's root)")

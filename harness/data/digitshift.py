@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -180,7 +181,7 @@ def _load_or_build(seed: int, progress: bool) -> dict[str, dict]:
     return sets
 
 
-@register_benchmark("digitshift", version=VERSION, train_size=MNIST_SPLIT["train"] * len(captions.DIGIT_NAMES))
+@register_benchmark("digitshift", version=VERSION, pretrains=True, train_size=MNIST_SPLIT["train"] * len(captions.DIGIT_NAMES))
 def load_digitshift(seed: int = 0, progress: bool = True, data: DataConfig | None = None) -> Benchmark:
     """The digitshift benchmark; built on first use and cached under the harness cache dir.
 
@@ -211,6 +212,12 @@ def _first_per_class(data: dict, per_class: int) -> dict:
             for key, value in data.items()}
 
 
+def _pool_captions(pool: dict) -> Callable[[int, np.random.Generator], str]:
+    """Pool image i's caption, drawn from its domain's templates (``captions.pretrain_caption``)."""
+    labels, domains, details = pool["labels"].tolist(), pool["domain"], pool["detail"]
+    return lambda i, rng: captions.pretrain_caption(labels[i], domains[i], details[i], rng)
+
+
 def _benchmark(name: str, sets: dict[str, dict], seed: int) -> Benchmark:
     datasets = {
         set_name: ImageSet(data["images"], data["labels"], {k: data[k] for k in ("source", "domain", "detail")})
@@ -226,5 +233,6 @@ def _benchmark(name: str, sets: dict[str, dict], seed: int) -> Benchmark:
         val=datasets["val"],
         tests={name: datasets[name] for name in TEST_SETS},
         id_test=ID_TEST,
+        pretrain_caption=_pool_captions(sets["pretrain"]),
         info={"seed": seed, "version": VERSION, "cache": str(cache_path(seed))},
     )

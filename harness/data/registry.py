@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -72,6 +73,9 @@ class Benchmark:
     info: dict = field(default_factory=dict)
     file: str | None = None  # the benchmark file it was read from (absolute), for benchmarks described by a file
     digest: str | None = None  # content digest of a file benchmark's data (``harness.data.benchmark_file``)
+    # How pool image i of an in-memory pool is captioned (digitshift's domain-aware captions); None: a template
+    # filled with its class name. Pools read from files carry their captions or labels themselves.
+    pretrain_caption: Callable[[int, np.random.Generator], str] | None = None
 
     @property
     def ood_tests(self) -> list[str]:
@@ -95,17 +99,23 @@ _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
 _VERSIONS: dict[str, int] = {}
 _TRAIN_SIZES: dict[str, int] = {}
 _CHECKS: dict[str, Callable[[DataConfig], None]] = {}
+_POOLS: set[str] = set()
+_FILES: dict[str, Callable[[bool], Path]] = {}
 
 
 def register_benchmark(name: str, version: int = 1, train_size: int | None = None,
-                       check: Callable[[DataConfig], None] | None = None
+                       check: Callable[[DataConfig], None] | None = None, pretrains: bool = False,
+                       file: Callable[[bool], Path] | None = None
                        ) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
     """Register a loader ``loader(data: DataConfig | None = None, progress: bool = True) -> Benchmark``.
 
     ``version`` changes whenever what it serves changes (caches built on it key on it); ``train_size``: the
     training set's size when it is fixed (what a dry run needs to count steps without data); ``check``: a quick
     test of the config's data section (a data root's layout, say) that raises ``ConfigError``, run by the dry
-    run and before any job or pre-training, without reading the whole data set.
+    run and before any job or pre-training, without reading the whole data set. ``pretrains``: it has a
+    pre-training pool, so ``model.pretrained=NAME`` names the embedded weights pre-trained on it. ``file``: the
+    benchmark is served from a benchmark file that ``file(progress)`` builds (on first use) and returns; caches
+    then key on that file's content digest.
     """
     def decorate(loader: Callable[..., Benchmark]) -> Callable[..., Benchmark]:
         _REGISTRY[name] = loader
@@ -114,6 +124,10 @@ def register_benchmark(name: str, version: int = 1, train_size: int | None = Non
             _TRAIN_SIZES[name] = train_size
         if check is not None:
             _CHECKS[name] = check
+        if pretrains:
+            _POOLS.add(name)
+        if file is not None:
+            _FILES[name] = file
         return loader
 
     return decorate
@@ -125,6 +139,25 @@ def benchmark_version(name: str) -> int:
     if is_benchmark_file(name):
         raise UnknownNameError(f"{name}: a benchmark file has no registered version; use its digest")
     return _VERSIONS[name]
+
+
+def pretraining_benchmarks() -> list[str]:
+    """Registered benchmarks with a pre-training pool (a benchmark file has one when it has ``splits.pretrain``)."""
+    from harness.core.plugins import load_installed_plugins
+
+    load_installed_plugins()
+    return sorted(_POOLS)
+
+
+def benchmark_content(name: str, progress: bool = True) -> str:
+    """What a benchmark serves, for cache keys: a file's content digest (a registered benchmark served from a file
+    it builds: that file's), else the registered version."""
+    require_known_benchmark(name)
+    if is_benchmark_file(name) or name in _FILES:
+        from harness.data.benchmark_file import benchmark_digest
+
+        return f"digest {benchmark_digest(name if is_benchmark_file(name) else _FILES[name](progress))}"
+    return f"version {_VERSIONS[name]}"
 
 
 def known_train_size(name: str) -> int | None:
@@ -190,10 +223,10 @@ class LoadedBenchmarks:
     def load(self, data: DataConfig, progress: bool = True) -> Benchmark:
         key = data.model_dump_json()
         loaded = self._loaded.get(key)
-        if loaded is not None and loaded.digest is not None:  # a file benchmark: served again only if unchanged
+        if loaded is not None and loaded.digest is not None:  # read from a file: served again only if unchanged
             from harness.data.benchmark_file import benchmark_digest
 
-            loaded = loaded if benchmark_digest(data.benchmark, data) == loaded.digest else None
+            loaded = loaded if benchmark_digest(loaded.file, data) == loaded.digest else None
         if loaded is None:
             loaded = self._loaded[key] = load_benchmark(data.benchmark, data=data, progress=progress)
         return loaded

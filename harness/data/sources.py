@@ -67,7 +67,8 @@ def frame_all(images: np.ndarray) -> np.ndarray:
     return np.stack([frame_digit(image) for image in images])
 
 
-def _glyph(font: ImageFont.FreeTypeFont, text: str, stroke: int = 0) -> np.ndarray:
+def draw_text(font: ImageFont.FreeTypeFont, text: str, stroke: int = 0) -> np.ndarray:
+    """``text`` drawn white on black, cropped to its box plus a 2-pixel margin."""
     left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
     canvas = Image.new("L", (right - left + 4, bottom - top + 4), 0)
     ImageDraw.Draw(canvas).text((2 - left, 2 - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
@@ -84,7 +85,7 @@ def usable_digit_fonts() -> list[Path]:
         if path.name.startswith(_EXCLUDED_FONT_PREFIXES):
             continue
         font = ImageFont.truetype(str(path), 48)
-        glyphs = [frame_digit(_glyph(font, str(d))) for d in range(10)]
+        glyphs = [frame_digit(draw_text(font, str(d))) for d in range(10)]
         distinct = len({g.tobytes() for g in glyphs}) == 10
         if distinct and all(g.max() > 0 for g in glyphs):
             usable.append(path)
@@ -102,7 +103,7 @@ def render_digits(labels: np.ndarray, fonts: list[Path], rng: np.random.Generato
             cache[font_index, point] = ImageFont.truetype(str(fonts[font_index]), point)
         font = cache[font_index, point]
         stroke = int(rng.integers(0, 3)) * max(1, point // 24)
-        glyph = Image.fromarray(_glyph(font, str(int(label)), stroke))
+        glyph = Image.fromarray(draw_text(font, str(int(label)), stroke))
         rotated = np.asarray(glyph.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR, expand=True))
         size = int(rng.integers(18, 27))
         offset = (int(rng.integers(-2, 3)), int(rng.integers(-2, 3)))

@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 
 # Which embedded pretrained weights a config name refers to.
-EMBEDDED_PRETRAINED = "digitshift"
 MAX_LOGIT_SCALE = 100.0  # open_clip clamps the learned scale at ln(100)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")  # open_clip names whose config and weights come from a hub repo or folder
@@ -120,7 +119,7 @@ def require_known_model(name: str, pretrained: str | None = None) -> None:
                                "hf-hub:ORG/REPO, local-dir:FOLDER")
     if _is_tag(pretrained):
         check_pretrained_tag(name, pretrained)
-    elif pretrained not in (None, EMBEDDED_PRETRAINED) and not Path(pretrained).is_file():
+    elif pretrained is not None and not Path(pretrained).is_file():
         raise PretrainedWeightsError(f"model.pretrained: {pretrained}: no such weights file")
 
 
@@ -195,8 +194,9 @@ def check_orthogonality(name: str) -> None:
 
 
 def _is_tag(pretrained: str | None) -> TypeGuard[str]:
-    """Whether ``pretrained`` names an open_clip tag (rather than nothing, the embedded weights or a file)."""
-    return (pretrained is not None and pretrained != EMBEDDED_PRETRAINED and not Path(pretrained).is_file()
+    """Whether ``pretrained`` names an open_clip tag (rather than nothing or a file; the embedded weights a benchmark
+    names are resolved to their file before a model is built: ``harness.trial.pretrain.embedded_weights``)."""
+    return (pretrained is not None and not Path(pretrained).is_file()
             and not pretrained.endswith(WEIGHT_SUFFIXES) and "/" not in pretrained)
 
 
@@ -237,9 +237,6 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
     if _is_tag(pretrained):
         return _create_from_tag(name, pretrained, device), open_clip.get_tokenizer(name)
     weights = pretrained
-    if pretrained == EMBEDDED_PRETRAINED:
-        raise PretrainedWeightsError(f"{EMBEDDED_PRETRAINED!r} names a cache entry: resolve it first "
-                                     "(harness.trial.pretrain.embedded_weights)")
     if weights is not None and not Path(weights).is_file():
         raise PretrainedWeightsError(f"{weights}: no such weights file")
     with _muted(("open_clip",), "No pretrained weights"):  # built empty: we load our own weights next

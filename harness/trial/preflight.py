@@ -17,7 +17,8 @@ from harness.core.errors import UsageError
 from harness.core.methods import METHODS
 from harness.data import check_benchmark, known_train_size
 from harness.data.benchmark_file import read_benchmark_file, training_size
-from harness.models.clip import check_orthogonality, require_known_model
+from harness.models.clip import check_orthogonality
+from harness.trial.pretrain import check_model
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def preflight(configs: Iterable[RunConfig], processes: int = 1) -> None:
         data_sections[config.data.model_dump_json()] = config.data
         if uses_projection(config):
             projections.add(config.model.name)
-    for name, pretrained in models:
-        require_known_model(name, pretrained)
+    for model in models.values():
+        check_model(model)
     for name in sorted(projections):
         check_orthogonality(name)
     sizes = {key: check_benchmark(data) for key, data in data_sections.items()}

@@ -31,7 +31,6 @@ from harness.core.storage import atomic_torch_save
 from harness.data import Benchmark, LoadedBenchmarks, require_known_benchmark
 from harness.data.benchmark_file import benchmark_digest
 from harness.data.pipeline import clip_preprocess
-from harness.models.clip import require_known_model
 from harness.trial.callbacks import TrainCallbacks, TrialPruned
 from harness.trial.compute import check_precision, resolve_device
 from harness.trial.distributed import (
@@ -40,6 +39,7 @@ from harness.trial.distributed import (
     destroy_process_group,
     init_process_group,
 )
+from harness.trial.pretrain import check_model
 from harness.trial.set_reports import format_table
 from harness.trial.evaluation import evaluate_trial
 from harness.trial.trainer import Trainer
@@ -111,7 +111,7 @@ def run(config: RunConfig, callbacks: TrainCallbacks | None = None, progress: bo
     finished = _finished_record(run_dir, config)
     if finished is not None:
         return finished
-    require_known_model(config.model.name, config.model.pretrained)
+    check_model(config.model)
     require_known_benchmark(config.data.benchmark)
     _seed_everything(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
