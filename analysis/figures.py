@@ -11,6 +11,7 @@ grid) is skipped with the reason printed and listed in report.md.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Callable
 import matplotlib
 import pandas as pd
 
-from analysis import comparison, reliability, sensitivity, spectrum, tables
+from analysis import comparison, reliability, sensitivity, settings, spectrum, tables
 from analysis.load import Results, load
 from analysis.paired import paired_differences
 from analysis.style import save
@@ -59,26 +60,79 @@ class Report:
         return "\n".join(lines)
 
 
-def _write_tables(results: Results, report: Report) -> None:
+def _write_tables(results: Results, report: Report, setting: str | None = None) -> None:
+    """The results table and the paired differences; of one ``setting`` (named in titles and files) when given."""
     statistics = tables.cell_statistics(results)
-    out = report.out
-    (out / "table.md").write_text(tables.to_markdown(statistics) + "\n")
-    (out / "table.tex").write_text(tables.to_latex(statistics) + "\n")
-    statistics.to_csv(out / "table.csv", index=False)
-    report.files("Results table", [out / "table.md", out / "table.tex", out / "table.csv"],
+    out, suffix, of = report.out, f"-{_slug(setting)}" if setting else "", f": {setting}" if setting else ""
+    table, paired_name = f"table{suffix}", f"paired{suffix}"
+    (out / f"{table}.md").write_text(tables.to_markdown(statistics) + "\n")
+    (out / f"{table}.tex").write_text(tables.to_latex(statistics) + "\n")
+    statistics.to_csv(out / f"{table}.csv", index=False)
+    report.files(f"Results table{of}", [out / f"{table}.md", out / f"{table}.tex", out / f"{table}.csv"],
                  "Variants as rows; ID and per-OOD-set accuracy and ECE (%), mean ± half-width of the 95% t-interval "
                  "over seeds, best in bold; under it each row's ECE noise floor per set.\n\n"
                  + tables.to_markdown(statistics))
     paired = paired_differences(results.trials)
     if paired.empty:
-        report.skip("Paired differences", "no reference row (flyp, ft or zeroshot) to pair with")
+        report.skip(f"Paired differences{of}", "no reference row (flyp, ft or zeroshot) to pair with")
         return
-    (out / "paired.md").write_text(tables.paired_to_markdown(paired) + "\n")
-    (out / "paired.tex").write_text(tables.paired_to_latex(paired) + "\n")
-    paired.to_csv(out / "paired.csv", index=False)
-    report.files("Paired differences to the references", [out / "paired.md", out / "paired.tex", out / "paired.csv"],
+    (out / f"{paired_name}.md").write_text(tables.paired_to_markdown(paired) + "\n")
+    (out / f"{paired_name}.tex").write_text(tables.paired_to_latex(paired) + "\n")
+    paired.to_csv(out / f"{paired_name}.csv", index=False)
+    report.files(f"Paired differences to the references{of}",
+                 [out / f"{paired_name}.md", out / f"{paired_name}.tex", out / f"{paired_name}.csv"],
                  "Every row against flyp and ft on ID/OOD accuracy, ECE, NLL and Brier, and against zero-shot on OOD "
                  "ECE (does fine-tuning lose OOD calibration?), paired by seed.\n\n" + tables.paired_to_markdown(paired))
+
+
+def _slug(setting: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", setting).strip("_")
+
+
+def _write_grid(report: Report, name: str, title: str, explanation: str, grid: tuple[list[str], list[list[str]]],
+                frame: pd.DataFrame) -> None:
+    header, body = grid
+    text = settings.markdown(header, body)
+    paths = [report.out / f"{name}.md", report.out / f"{name}.tex", report.out / f"{name}.csv"]
+    paths[0].write_text(text + "\n")
+    paths[1].write_text(tables.latex_table([tables.latex_escape(h) for h in header],
+                                           [[tables.latex_escape(c) for c in row] for row in body], title) + "\n")
+    frame.to_csv(paths[2], index=False)
+    report.files(title, paths, f"{explanation}\n\n{text}")
+
+
+def _across_settings(results: Results, report: Report) -> None:
+    """The four cross-setting questions (``analysis.settings``): tables and one figure each."""
+    trials = results.trials
+    paired = settings.paired_by_setting(trials)
+    correlations = settings.correlations_by_setting(trials)
+    if not paired.empty:
+        _write_grid(report, "settings_paired", "Paired differences in every setting",
+                    "FLYP+LS − FLYP on ID and OOD ECE (label smoothing), CaRot − FLYP on OOD ECE and accuracy, per "
+                    "setting: mean of the per-seed differences in points, 95% t-interval, p of no difference.",
+                    settings.paired_rows(paired), paired)
+    _write_grid(report, "settings_correlations", "Correlations in every setting, pooled",
+                "Pearson r over each setting's trials with its 95% interval (Fisher z), and pooled across settings by "
+                "a random-effects meta-analysis of the Fisher z values (Paule-Mandel): the pooled r, tau² "
+                "(between-setting variance of z) and I² (the share of the spread that is not sampling noise).",
+                settings.correlation_rows(correlations), correlations)
+    figures = (
+        ("settings_label_smoothing", "Label smoothing across settings", "label smoothing", settings.paired_figure,
+         paired, "FLYP+LS − FLYP on ID and OOD ECE per setting, points, 95% paired intervals."),
+        ("settings_sigma_min", "sigma_min against OOD calibration and error across settings", "sigma_min",
+         settings.correlation_figure, correlations, "Pearson r of the scale-free sigma_min with OOD ECE and OOD "
+         "error per setting, 95% intervals; diamond: pooled (random effects), I² above."),
+        ("settings_id_calibration", "ID ECE against OOD ECE across settings", "ID calibration",
+         settings.correlation_figure, correlations, "Pearson r of ID ECE with OOD ECE per setting and pooled."),
+        ("settings_carot", "CaRot − FLYP across settings", "CaRot vs FLYP", settings.paired_figure, paired,
+         "CaRot − FLYP on OOD ECE and OOD accuracy per setting, points, 95% paired intervals: where the paper's "
+         "claim holds and where it does not."),
+    )
+    for name, title, question, make, frame, explanation in figures:
+        if frame.empty or question not in set(frame["question"]):
+            report.skip(title, "no setting has the rows it compares")
+            continue
+        report.figure(name, title, explanation, lambda make=make, frame=frame, question=question: make(frame, question))
 
 
 def _correlation_markdown(table: pd.DataFrame) -> str:
@@ -142,6 +196,21 @@ def build_report(results: Results, out: Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     trials = results.trials
+    names = settings.settings_of(trials)
+    if len(names) > 1:
+        _across_settings(results, report)
+        for name in names:
+            part = results.setting(name)
+            _write_tables(part, report, name)
+            report.figure(f"headline-{_slug(name)}", f"Headline comparison: {name}",
+                          "ID and OOD accuracy and ECE per variant in this setting; 95% t-intervals over seeds.",
+                          lambda part=part: comparison.headline_figure(part.trials))
+        report.skip("Reliability diagrams, singular-value evidence, sigma_min before and after, sensitivity, "
+                    "trade-off and Pareto figures", f"the results hold {len(names)} settings; these figures pool "
+                    "one setting's trials (the figures across settings above compare them)")
+        _noise_floors(results, report)
+        (out / "report.md").write_text(report.markdown(results))
+        return report
     _write_tables(results, report)
     _noise_floors(results, report)
     report.figure("headline", "Headline comparison",

@@ -11,8 +11,8 @@ Inputs, any mix of:
 - ``wandb:ENTITY/PROJECT`` (online only): runs through W&B's public API, rebuilt from their
   summaries (summary metrics only: no per-set reports, reliability bins or spectra).
 
-Outputs (``Results``): ``trials``, one row per trial (identity, config keys that vary across the
-loaded trials, summary metrics); ``sets``, one row per trial x evaluated set (all metrics);
+Outputs (``Results``): ``trials``, one row per trial (identity, its ``setting``: the sweep's ``setting`` param,
+else ``benchmark / model``; config keys that vary across the loaded trials, summary metrics); ``sets``, one row per trial x evaluated set (all metrics);
 ``records``, the parsed records by trial id (reliability bins, WiSE-FT curves, spectra);
 ``config_keys``, the config keys that vary across the loaded trials (each also a column of ``trials``).
 Records and results lines are read through harness.core.record's typed models. Records of schema 1
@@ -58,6 +58,22 @@ class Results:
     records: dict[str, RunRecord] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # corrupt lines, missing records, failed trials
     config_keys: list[str] = field(default_factory=list)  # config keys that vary across the trials (columns of trials)
+
+    def setting(self, name: str) -> "Results":
+        """The trials of one setting, with their sets and records."""
+        trials = self.trials[self.trials["setting"] == name].reset_index(drop=True)
+        kept = set(trials["trial"])
+        return Results(trials=trials, sets=self.sets[self.sets["trial"].isin(kept)].reset_index(drop=True),
+                       records={k: v for k, v in self.records.items() if k in kept}, problems=self.problems,
+                       config_keys=self.config_keys)
+
+
+def setting_name(params: dict[str, Any], config: dict[str, Any]) -> str:
+    """A trial's setting: the sweep's ``setting`` param, else its benchmark (a file's stem) and model."""
+    if params.get("setting"):
+        return str(params["setting"])
+    benchmark = str(config.get("data.benchmark", ""))
+    return f"{Path(benchmark).stem if benchmark.endswith(('.yaml', '.yml')) else benchmark} / {config.get('model.name')}"
 
 
 def _flat_config(config: dict) -> dict[str, Any]:
@@ -163,7 +179,8 @@ def load(paths: Iterable[str | Path]) -> Results:
             config = _flat_config(record.config)
             trial_rows.append({
                 "trial": entry.trial_id, "sweep": entry.sweep, "method": record.method,
-                "named_variant": entry.params.get("variant"), "seed": config.get("seed"), "config": config,
+                "named_variant": entry.params.get("variant"), "setting": setting_name(entry.params, config),
+                "seed": config.get("seed"), "config": config,
                 **record.summary,
             })
             records[entry.trial_id] = record
@@ -187,7 +204,7 @@ def load(paths: Iterable[str | Path]) -> Results:
     sets = pd.DataFrame(set_rows, columns=["trial", "set", "role", *METRICS, "ece_ci_low", "ece_ci_high"])
     numeric = [*METRICS, "ece_ci_low", "ece_ci_high"]
     sets[numeric] = sets[numeric].apply(pd.to_numeric, errors="coerce")  # None (old records) -> NaN
-    sets = sets.merge(trials[["trial", "variant", "method", "seed"]], on="trial")
+    sets = sets.merge(trials[["trial", "variant", "method", "seed", "setting"]], on="trial")
     return Results(trials=trials, sets=sets, records=records, problems=problems, config_keys=config_keys)
 
 

@@ -6,7 +6,8 @@ Reads the sweep spec (its name, output dir and objectives), loads the sweep's fi
 groups them by parameter point (the method and the config keys that vary, seed excluded),
 averages the spec's FIRST objective (an ID-validation summary key such as val_nll) over each
 point's seeds and prints the best point by the objective's direction, with the others ranked below
-it (mean ± std over seeds, n seeds). Choosing on a mean over seeds rather than on the best single
+it (mean ± std over seeds, n seeds); a sweep across settings (its ``settings:``) gets one choice per
+setting. Choosing on a mean over seeds rather than on the best single
 trial keeps one lucky seed from deciding. The output dir is --out, else the spec's ``out``, else
 outputs/<name>. Bad input (spec, missing results, an objective no trial records) exits 2 with one line.
 """
@@ -36,7 +37,7 @@ def rank_points(results: Results, key: str, direction: str) -> pd.DataFrame:
     trials = results.trials.dropna(subset=[key]) if key in results.trials else results.trials.iloc[:0]
     if trials.empty:
         raise UsageError(f"objective {key}: no finished trial records it in its summary")
-    config = [k for k in results.config_keys if k in trials]
+    config = [k for k in results.config_keys if k in trials and trials[k].map(repr).nunique() > 1]
     identity = trials[["method", *config]].map(repr).apply(tuple, axis=1)
     keys = (["method"] if trials["method"].nunique() > 1 else []) + config
     rows = []
@@ -80,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     if results.problems:
         log.warning("%d trial(s) or lines left out (failed or unreadable), e.g. %s", len(results.problems),
                     results.problems[0])
-    ranking = rank_points(results, objective.key, objective.direction)
-    print(format_ranking(ranking, objective.key, objective.direction))
+    names = list(dict.fromkeys(results.trials["setting"]))
+    for name in names:  # a study across settings chooses in each setting on its own
+        part = results.setting(name) if len(names) > 1 else results
+        ranking = rank_points(part, objective.key, objective.direction)
+        print((f"setting {name}\n" if len(names) > 1 else "") + format_ranking(ranking, objective.key, objective.direction))
     return 0
 
 

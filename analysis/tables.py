@@ -122,13 +122,13 @@ def to_markdown(statistics: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
         text = text.replace(char, escaped)
     return text
 
 
-def _latex_table(header: list[str], body: list[list[str]], caption: str, footer: list[list[str]] | None = None) -> str:
+def latex_table(header: list[str], body: list[list[str]], caption: str, footer: list[list[str]] | None = None) -> str:
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
         r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
@@ -148,11 +148,11 @@ def to_latex(statistics: pd.DataFrame,
     """Booktabs table; the noise floors (where recorded) as rows under the ECE columns below a rule."""
     columns, rows = _grid(statistics, latex=True)
     floors = {(r.variant, r.column): r.floor for r in statistics.itertuples() if not math.isnan(r.floor)}
-    footer = [[rf"floor: {_latex_escape(variant)}"] + [f"{floors[(variant, c)]:.1f}" if (variant, c) in floors else ""
+    footer = [[rf"floor: {latex_escape(variant)}"] + [f"{floors[(variant, c)]:.1f}" if (variant, c) in floors else ""
                                                       for c in columns]
               for variant in dict.fromkeys(v for v, _ in floors)]
-    body = [[_latex_escape(row[0]), *row[1:]] for row in rows]
-    return _latex_table(["Method", *map(_latex_escape, columns)], body, caption, footer)
+    body = [[latex_escape(row[0]), *row[1:]] for row in rows]
+    return latex_table(["Method", *map(latex_escape, columns)], body, caption, footer)
 
 
 # -- paired differences -----------------------------------------------------------------------------
@@ -214,10 +214,10 @@ def paired_to_markdown(paired: pd.DataFrame) -> str:
 def paired_to_latex(paired: pd.DataFrame) -> str:
     """The paired table as a booktabs table (significant cells bold)."""
     header, grid = _paired_grid(paired, latex=True)
-    body = [[_latex_escape(row[0]), *row[1:-1], _latex_escape(row[-1])] for row in grid]
+    body = [[latex_escape(row[0]), *row[1:-1], latex_escape(row[-1])] for row in grid]
     caption = ("Paired differences row $-$ reference over seeds, mean [95\\% t-interval]; accuracy and ECE in "
                "percentage points; bold: the interval excludes 0.")
-    return _latex_table([_latex_escape(h) for h in header], body, caption).replace("−", "$-$").replace("Δ", r"$\Delta$")
+    return latex_table([latex_escape(h) for h in header], body, caption).replace("−", "$-$").replace("Δ", r"$\Delta$")
 
 
 # -- the sweep's closing table ----------------------------------------------------------------------
@@ -269,12 +269,17 @@ def console_table(results: Results, reference: str | None = None) -> str:
 
 
 def console_report(out_dir: Path) -> str:
-    """The closing table of the sweep in ``out_dir``; one line saying why when nothing finished (never raises for that)."""
+    """The closing table of the sweep in ``out_dir`` (one per setting when it has several); one line saying why when
+    nothing finished (never raises for that)."""
     try:
         results = load([out_dir])
     except NoResultsError as exc:
         return "no results table: " + " ".join(str(exc).split())[:300]
-    text = console_table(results)
+    names = list(dict.fromkeys(results.trials["setting"]))
+    if len(names) == 1:
+        text = console_table(results)
+    else:  # rows pair only within a setting: one table each
+        text = "\n\n".join(f"setting {name}\n{console_table(results.setting(name))}" for name in names)
     if results.problems:
         text += f"\n{len(results.problems)} trial(s) or lines left out: " + " ".join(results.problems[0].split())[:200]
         text += " ..." if len(results.problems) > 1 else ""

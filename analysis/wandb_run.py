@@ -1,5 +1,6 @@
-"""The analysis run of a sweep on W&B: one run of job_type ``analysis`` in the sweep's group holding the results
-table, the paired differences, every figure and report.md, so that the group's page shows the paper's comparison.
+"""The analysis run of a sweep on W&B: one run of job_type ``analysis`` in the sweep's group holding every table
+of the report (the results table and paired differences; per setting and across settings when there are
+several), every figure and report.md, so that the group's page shows the paper's comparison.
 
 Offline runs (the default tracking mode) are written under the report's folder; ``wandb sync`` uploads them later.
 """
@@ -9,10 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from analysis import tables
+import pandas as pd
+
 from analysis.figures import Report
 from analysis.load import Results
-from analysis.paired import paired_differences
 from harness.core.config import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,10 @@ def log_report(results: Results, report: Report, group: str, tracking: TrackingC
                      name=f"{group}-analysis", tags=["analysis"], mode=tracking.mode, dir=str(report.out),
                      config={"trials": len(results.trials), "variants": sorted(results.trials["variant"].unique())},
                      reinit="finish_previous")
-    logged = {"results": wandb.Table(dataframe=tables.cell_statistics(results))}
-    paired = paired_differences(results.trials)
-    if not paired.empty:
-        logged["paired"] = wandb.Table(dataframe=paired)
+    logged = {}
+    for _, paths, _ in report.entries:  # every table of the report (one setting's, or each setting's and across them)
+        logged |= {f"tables/{path.stem}": wandb.Table(dataframe=pd.read_csv(path)) for path in paths
+                   if path.suffix == ".csv"}
     for title, paths, _ in report.entries:
         logged |= {f"figures/{path.stem}": wandb.Image(str(path), caption=title) for path in paths if path.suffix == ".png"}
     run.log(logged)

@@ -81,7 +81,7 @@ def write_sweep(root, trials, extra_lines=()):
         path = root / "runs" / str(number) / "record.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(record))
-        params = {"variant": trial["variant"]} if trial.get("variant") else {}
+        params = {key: trial[key] for key in ("variant", "setting") if trial.get(key)}
         lines.append(json.dumps({"trial": number, "state": "COMPLETE", "params": params, "seed": trial["seed"],
                                  "summary": record["summary"], "record": f"runs/{number}/record.json"}))
     (root / "results.jsonl").write_text("\n".join([*lines, *extra_lines]) + "\n")

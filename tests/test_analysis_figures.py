@@ -227,8 +227,8 @@ def test_the_wandb_analysis_run_holds_the_table_figures_and_report(ablation, tmp
     run = next(r["run"] for r in records if r.get("type") == "run")
     assert run["job_type"] == "analysis" and run["run_group"] == "ablation" and run["display_name"] == "ablation-analysis"
     logged = {key for r in records if r.get("type") == "history" for key in r["history"]["item"]}
-    assert {"results._type", "paired._type", "figures/headline._type", "figures/reliability._type"} <= logged
-    table = next(runs[0].parent.glob("files/media/table/results_*.table.json"))
+    assert {"tables/table._type", "tables/paired._type", "figures/headline._type", "figures/reliability._type"} <= logged
+    table = next(runs[0].parent.glob("files/media/table/tables/table_*.table.json"))
     import json
 
     logged_table = json.loads(table.read_text())

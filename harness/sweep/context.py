@@ -19,4 +19,5 @@ class TrialContext(StrictModel):
     sweep: str  # the W&B group of the sweep's runs
     wandb_dir: str  # where offline W&B runs are written (the sweep's output dir)
     variant: str | None = None  # the ablation row, for W&B tags
+    setting: str | None = None  # the benchmark and model of a study across settings, for W&B tags
     pruning: PruningContext | None = None

@@ -18,7 +18,7 @@ from harness.sweep.claims import INTERRUPTED, Claim
 from harness.sweep.context import PruningContext, TrialContext
 from harness.sweep.jobs import TrialJob, make_executor, threads_per_job
 from harness.sweep.plan import Plan
-from harness.sweep.spec import VARIANT
+from harness.sweep.spec import SETTING, VARIANT
 from harness.sweep.warm import WarmPool
 
 _QUEUE_CHECK_SECONDS = 10.0
@@ -67,7 +67,7 @@ class Launcher:
             pruning = None if spec.pruner.name == "none" else PruningContext(
                 storage=self.storage, study=spec.name, trial_number=claim.trial.number, pruner=spec.pruner)
             context = TrialContext(sweep=spec.name, wandb_dir=str(self.plan.out), variant=claim.params.get(VARIANT),
-                                   pruning=pruning)
+                                   setting=claim.params.get(SETTING), pruning=pruning)
             submissions.append((config.model_dump(mode="json"), context))
         threads = threads_per_job(spec.launcher.parallelism)
         if self._pool is not None:

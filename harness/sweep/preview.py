@@ -1,4 +1,5 @@
-"""What a dry run shows before any work: the resolved base configuration, each variant's changes, the resources."""
+"""What a dry run shows before any work: the resolved base configuration, each setting's and variant's changes, the
+resources."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from harness.core.config import RunConfig, flatten
 from harness.core.methods import METHODS
 from harness.sweep.jobs import load_profile, threads_per_job
 from harness.sweep.plan import Plan
-from harness.sweep.spec import VARIANT
+from harness.sweep.spec import SETTING, VARIANT
 
 # Keys that differ between the trials of one variant, or say nothing about what trains.
 _PER_TRIAL = ("seed", "run_dir", "tracking.")
@@ -79,14 +80,15 @@ def describe(plan: Plan, storage: str) -> str:
     base = plan.config({}, spec.seeds[0], plan.out)
     lines = ["base configuration:", *describe_base(base)]
     sizes: dict[str, int | None] = {}
-    variants = VARIANT in spec.search and spec.search[VARIANT].grid
-    if not variants:
+    named = [(dimension, spec.search[dimension].grid) for dimension in (SETTING, VARIANT)
+             if dimension in spec.search and spec.search[dimension].grid]
+    if not named:
         lines.append(f"  steps: {_steps(base, sizes)}")
-    else:
-        lines.append("variants (changes from the base):")
-        flat_base = _flat(base)
-        for name in spec.search[VARIANT].grid:
-            config = plan.config({VARIANT: name}, spec.seeds[0], plan.out)
+    flat_base = _flat(base)
+    for dimension, names in named:
+        lines.append(f"{dimension}s (changes from the base):")
+        for name in names:
+            config = plan.config({dimension: name}, spec.seeds[0], plan.out)
             changes = {key: value for key, value in _flat(config).items() if flat_base.get(key) != value}
             shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "none"
             lines.append(f"  {name}: {shown}; steps: {_steps(config, sizes)}")

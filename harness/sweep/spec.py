@@ -1,8 +1,9 @@
 """The sweep spec (``sweeps/*.yaml``), validated as strictly as run configs, and its trial plan.
 
-A sweep is a base run config, a search space over config keys (plus an optional ``variant``
-dimension of named override sets, for ablation rows), seeds, a sampler, objectives, a launcher,
-a study storage and W&B settings. ``grid_points`` enumerates grid x seeds deterministically.
+A sweep is a base run config, a search space over config keys (plus optional dimensions of named
+override sets: ``setting``, a benchmark and model with its budget, and ``variant``, an ablation
+row), seeds, a sampler, objectives, a launcher, a study storage and W&B settings. ``grid_points``
+enumerates grid x seeds deterministically.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from harness.core.summary_keys import EPOCH_KEYS, summary_keys
 
 PROFILE_SUFFIXES = (".yaml", ".yml")  # launcher.profile names a file of one's own; otherwise a shipped profile
 VARIANT = "variant"  # the search dimension whose values name override sets in ``variants``
+SETTING = "setting"  # the search dimension whose values name override sets in ``settings`` (applied before variants)
 
 
 class Space(StrictModel):
@@ -101,9 +103,11 @@ class SweepSpec(StrictModel):
     base: dict[str, Any] | str = Field(default_factory=dict, description="a run config mapping, or a YAML path")
     overrides: list[str] = Field(default_factory=list, description="key=value overrides of base, applied to every "
                                  "trial")
-    variants: dict[str, list[str]] = Field(default_factory=dict, description="named override sets")
-    search: dict[str, Space] = Field(default_factory=dict, description="run-config keys (or variant) to search, each "
-                                     "with its space")
+    variants: dict[str, list[str]] = Field(default_factory=dict, description="named override sets (ablation rows)")
+    settings: dict[str, list[str]] = Field(default_factory=dict, description="named override sets applied before a "
+                                           "variant's: a benchmark and model with its budget, crossed with the variants")
+    search: dict[str, Space] = Field(default_factory=dict, description="run-config keys (or variant, setting) to "
+                                     "search, each with its space")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="every point runs once per seed "
                              "(paired seeds across points)")
     variant_seeds: dict[str, list[int]] = Field(
@@ -124,13 +128,15 @@ class SweepSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
-        if VARIANT in self.search and not self.variants:
-            raise ValueError("search.variant needs a variants: mapping of names to overrides")
-        if VARIANT in self.search:
-            values = self.search[VARIANT].grid or self.search[VARIANT].choices or []
-            unknown = [v for v in values if v not in self.variants]
+        for dimension, named in ((VARIANT, self.variants), (SETTING, self.settings)):
+            if dimension not in self.search:
+                continue
+            if not named:
+                raise ValueError(f"search.{dimension} needs a {dimension}s: mapping of names to overrides")
+            values = self.search[dimension].grid or self.search[dimension].choices or []
+            unknown = [v for v in values if v not in named]
             if unknown:
-                raise ValueError(f"search.variant names {unknown} missing from variants")
+                raise ValueError(f"search.{dimension} names {unknown} missing from {dimension}s")
         if self.sampler.name == "grid":
             ranges = [key for key, space in self.search.items() if space.grid is None and space.choices is None]
             if ranges:
@@ -215,11 +221,13 @@ def base_config(spec: SweepSpec, folder: Path) -> RunConfig:
 
 
 def trial_config(spec: SweepSpec, params: dict[str, Any], seed: int, run_dir: Path, folder: Path) -> RunConfig:
-    """The run config of one trial: base ⊕ overrides ⊕ variant ⊕ searched params ⊕ seed and run dir."""
+    """The run config of one trial: base ⊕ overrides ⊕ setting ⊕ variant ⊕ searched params ⊕ seed and run dir."""
     overrides = list(spec.overrides)
+    if SETTING in params:
+        overrides += spec.settings[params[SETTING]]
     if VARIANT in params:
         overrides += spec.variants[params[VARIANT]]
-    overrides += [f"{key}={json.dumps(value)}" for key, value in params.items() if key != VARIANT]
+    overrides += [f"{key}={json.dumps(value)}" for key, value in params.items() if key not in (VARIANT, SETTING)]
     overrides += [f"seed={seed}", f"run_dir={run_dir}"]
     overrides += [f"tracking.{key}={json.dumps(value)}" for key, value in spec.tracking.model_dump().items()]
     if spec.pruner.name != "none":

@@ -14,7 +14,7 @@ from harness.core.record import TrialOutcome
 from harness.sweep.spec import SweepSpec
 
 # What defines a sweep's trials; a study of the same name with another digest is a clash.
-_DIGEST_KEYS = ("base", "overrides", "variants", "search", "seeds", "sampler", "objectives")
+_DIGEST_KEYS = ("base", "overrides", "variants", "settings", "search", "seeds", "sampler", "objectives")
 
 
 def redacted(storage: str) -> str:
@@ -75,6 +75,8 @@ def spec_digest(spec: SweepSpec, data_digests: dict[str, str] | None = None) -> 
     """What defines the sweep's trials: its spec's keys, and the content digests of the benchmark files it reads
     (``{file: digest}``; none for registered benchmarks), so that changed data is not mixed into a study."""
     fields = {k: v for k, v in spec.model_dump(mode="json").items() if k in _DIGEST_KEYS}
+    if not fields["settings"]:  # specs without settings keep the digests their studies were created with
+        del fields["settings"]
     if data_digests:
         fields["data"] = data_digests
     payload = json.dumps(fields, sort_keys=True)

@@ -105,7 +105,7 @@ def _define_metrics(run: Any) -> None:
 def _wandb_run(config: RunConfig, context: TrialContext, folder: Path) -> Any:
     import wandb
 
-    tags = [config.method, *([context.variant] if context.variant else [])]
+    tags = [config.method, *(name for name in (context.variant, context.setting) if name)]
     # In a W&B sweep agent (harness.sweep.wandb_sweep) the trial's run already exists: log there; setdefaults adds the
     # full config and keeps the sweep's keys. Only a sweep's run: one a crashed trial left open is finished below.
     if wandb.run is not None and wandb.run.sweep_id:

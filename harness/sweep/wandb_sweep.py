@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from harness.core.errors import ConfigError, UsageError
 from harness.sweep.context import TrialContext
 from harness.sweep.spec import (
+    SETTING,
     VARIANT,
     Space,
     SweepSpec,
@@ -119,7 +120,8 @@ class AgentTrial:
             run.finish()
             return
         config = trial_config(self.spec, params, seed, self.out / "runs" / run_slug(params, seed), self.folder)
-        context = TrialContext(sweep=self.spec.name, wandb_dir=str(self.out), variant=params.get(VARIANT))
+        context = TrialContext(sweep=self.spec.name, wandb_dir=str(self.out), variant=params.get(VARIANT),
+                               setting=params.get(SETTING))
         result = TrialJob()(config.model_dump(mode="json"), context, threads_per_job(1))
         if result.status != "ok":
             self.failures.append(f"{key}: {result.status} {result.error or ''} [record: {result.record}]")
