@@ -14,7 +14,7 @@ from harness.core.storage import CACHE_ENV
 
 def pytest_addoption(parser):
     parser.addoption("--backbones", action="store_true",
-                     help="also pre-train every embedded backbone on every embedded benchmark (about 15 minutes)")
+                     help="also pre-train every embedded backbone on every embedded benchmark (about 13 minutes)")
 
 
 def pytest_collection_modifyitems(config, items):
