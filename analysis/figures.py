@@ -92,7 +92,7 @@ def _slug(setting: str) -> str:
 def _write_grid(report: Report, name: str, title: str, explanation: str, grid: tuple[list[str], list[list[str]]],
                 frame: pd.DataFrame) -> None:
     header, body = grid
-    text = settings.markdown(header, body)
+    text = tables.markdown_table(header, body)
     paths = [report.out / f"{name}.md", report.out / f"{name}.tex", report.out / f"{name}.csv"]
     paths[0].write_text(text + "\n")
     paths[1].write_text(tables.latex_table([tables.latex_escape(h) for h in header],
@@ -196,7 +196,7 @@ def build_report(results: Results, out: Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     trials = results.trials
-    names = settings.settings_of(trials)
+    names = results.settings
     if len(names) > 1:
         _across_settings(results, report)
         for name in names:

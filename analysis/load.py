@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.core.config import flatten
+from harness.core.config import benchmark_label, flatten
 from harness.core.record import (
     RunRecord,
     UnreadableRecordError,
@@ -59,6 +59,11 @@ class Results:
     problems: list[str] = field(default_factory=list)  # corrupt lines, missing records, failed trials
     config_keys: list[str] = field(default_factory=list)  # config keys that vary across the trials (columns of trials)
 
+    @property
+    def settings(self) -> list[str]:
+        """The settings the trials belong to, in order of first appearance."""
+        return list(dict.fromkeys(self.trials["setting"]))
+
     def setting(self, name: str) -> "Results":
         """The trials of one setting, with their sets and records."""
         trials = self.trials[self.trials["setting"] == name].reset_index(drop=True)
@@ -72,8 +77,7 @@ def setting_name(params: dict[str, Any], config: dict[str, Any]) -> str:
     """A trial's setting: the sweep's ``setting`` param, else its benchmark (a file's stem) and model."""
     if params.get("setting"):
         return str(params["setting"])
-    benchmark = str(config.get("data.benchmark", ""))
-    return f"{Path(benchmark).stem if benchmark.endswith(('.yaml', '.yml')) else benchmark} / {config.get('model.name')}"
+    return f"{benchmark_label(str(config.get('data.benchmark', '')))} / {config.get('model.name')}"
 
 
 def _flat_config(config: dict) -> dict[str, Any]:

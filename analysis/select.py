@@ -81,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if results.problems:
         log.warning("%d trial(s) or lines left out (failed or unreadable), e.g. %s", len(results.problems),
                     results.problems[0])
-    names = list(dict.fromkeys(results.trials["setting"]))
-    for name in names:  # a study across settings chooses in each setting on its own
-        part = results.setting(name) if len(names) > 1 else results
-        ranking = rank_points(part, objective.key, objective.direction)
-        print((f"setting {name}\n" if len(names) > 1 else "") + format_ranking(ranking, objective.key, objective.direction))
+    several = len(results.settings) > 1
+    for name in results.settings:  # a study across settings chooses in each setting on its own
+        ranking = rank_points(results.setting(name) if several else results, objective.key, objective.direction)
+        print((f"setting {name}\n" if several else "") + format_ranking(ranking, objective.key, objective.direction))
     return 0
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.paired import paired_difference
-from analysis.spectrum import sigma_columns
+from analysis.spectrum import estimate_text, sigma_columns
 from analysis.style import COLUMN_WIDTH, plt, styled
 
 POOLED = "pooled (random effects)"
@@ -62,10 +62,6 @@ CORRELATION_QUESTIONS = (
 )
 PAIRED_COLUMNS = ("question", "setting", "row", "reference", "metric", "n", "mean", "low", "high", "p", "outcome")
 CORRELATION_COLUMNS = ("question", "setting", "x", "y", "n", "r", "low", "high", "tau2", "i2")
-
-
-def settings_of(trials: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(trials["setting"]))
 
 
 def paired_by_setting(trials: pd.DataFrame, questions: tuple[PairedQuestion, ...] = PAIRED_QUESTIONS) -> pd.DataFrame:
@@ -139,16 +135,10 @@ def _points(value: float, metric: str) -> float:
     return 100 * value if metric in ("id_ece", "ood_ece", "ood_acc", "id_acc") else value
 
 
-def _interval_text(mean: float, low: float, high: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if math.isnan(low) else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def paired_rows(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["question", "setting", "metric", "n", "Δ (points) [95%]", "p", "outcome"]
     body = [[row.question, row.setting, _LABELS.get(row.metric, row.metric), str(row.n),
-             _interval_text(*(_points(v, row.metric) for v in (row.mean, row.low, row.high)), digits=1),
+             estimate_text(*(_points(v, row.metric) for v in (row.mean, row.low, row.high)), digits=1),
              "–" if math.isnan(row.p) else f"{row.p:.3f}", row.outcome] for row in paired.itertuples()]
     return header, body
 
@@ -156,15 +146,10 @@ def paired_rows(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 def correlation_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["question", "x", "y", "setting", "n", "Pearson r [95%]", "tau²", "I²"]
     body = [[row.question, _LABELS.get(row.x, row.x), _LABELS.get(row.y, row.y), row.setting, str(row.n),
-             _interval_text(row.r, row.low, row.high, digits=2),
+             estimate_text(row.r, row.low, row.high),
              "" if math.isnan(row.tau2) else f"{row.tau2:.3f}", "" if math.isnan(row.i2) else f"{100 * row.i2:.0f}%"]
             for row in table.itertuples()]
     return header, body
-
-
-def markdown(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
 def _forest(axis: plt.Axes, labels: list[str], mean: np.ndarray, low: np.ndarray, high: np.ndarray,

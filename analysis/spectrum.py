@@ -102,11 +102,13 @@ def evidence_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def estimate_text(value: float, low: float, high: float) -> str:
+def estimate_text(value: float, low: float, high: float, digits: int = 2) -> str:
     """'0.52 [0.10, 0.80]'; the value alone without an interval; '–' when undefined (too few points, a constant side)."""
     if math.isnan(value):
         return "–"
-    return f"{value:.2f}" if math.isnan(low) else f"{value:.2f} [{low:.2f}, {high:.2f}]"
+    if math.isnan(low):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def describe(fit: dict[str, float], subset: str) -> str:

@@ -108,11 +108,16 @@ def _interval_note(statistics: pd.DataFrame) -> str:
             "accuracy and ECE in %; best in bold.")
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def to_markdown(statistics: pd.DataFrame) -> str:
     """The table for report.md and README excerpts, each row's noise floors listed under it."""
     columns, rows = _grid(statistics, latex=False)
-    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = [markdown_table(["method", *columns], rows)]
     lines.append("\n" + _interval_note(statistics) + " Std and n per cell in table.csv.")
     floors = floor_lines(statistics)
     if floors:
@@ -206,9 +211,7 @@ def paired_to_markdown(paired: pd.DataFrame) -> str:
     if paired.empty:
         return "No paired comparison: no reference row (flyp, ft, zeroshot) with a matching seed."
     header, grid = _paired_grid(paired, latex=False)
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in grid]
-    return "\n".join(lines + ["", PAIRED_NOTE])
+    return "\n".join([markdown_table(header, grid), "", PAIRED_NOTE])
 
 
 def paired_to_latex(paired: pd.DataFrame) -> str:
@@ -275,11 +278,10 @@ def console_report(out_dir: Path) -> str:
         results = load([out_dir])
     except NoResultsError as exc:
         return "no results table: " + " ".join(str(exc).split())[:300]
-    names = list(dict.fromkeys(results.trials["setting"]))
-    if len(names) == 1:
+    if len(results.settings) == 1:
         text = console_table(results)
     else:  # rows pair only within a setting: one table each
-        text = "\n\n".join(f"setting {name}\n{console_table(results.setting(name))}" for name in names)
+        text = "\n\n".join(f"setting {name}\n{console_table(results.setting(name))}" for name in results.settings)
     if results.problems:
         text += f"\n{len(results.problems)} trial(s) or lines left out: " + " ".join(results.problems[0].split())[:200]
         text += " ..." if len(results.problems) > 1 else ""
