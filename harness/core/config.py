@@ -50,6 +50,11 @@ def is_benchmark_file(benchmark: str) -> bool:
     return benchmark.endswith(BENCHMARK_FILE_SUFFIXES)
 
 
+def benchmark_label(benchmark: str) -> str:
+    """A short name for file names and tables: a registered name as it is, a benchmark file by its stem."""
+    return Path(benchmark).stem if is_benchmark_file(benchmark) else benchmark
+
+
 class DataConfig(StrictModel):
     """The benchmark: its training, validation and test sets, and how they are read."""
 

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
-from harness.core.config import ModelConfig, StrictModel, config_hash, is_benchmark_file
+from harness.core.config import ModelConfig, StrictModel, benchmark_label, config_hash, is_benchmark_file
 from harness.core.errors import ConfigError, PretrainedWeightsError, UnknownNameError
 from harness.core.storage import (
     atomic_torch_save,
@@ -141,8 +141,7 @@ class _WeightsKey(StrictModel):
 def weights_path(config: PretrainConfig) -> Path:
     key = _WeightsKey(config=config, data=benchmark_content(config.benchmark, progress=False), decay_on=DECAY_ON,
                       logit_scale_max=LOGIT_SCALE_MAX)
-    benchmark = Path(config.benchmark).stem if is_benchmark_file(config.benchmark) else config.benchmark
-    return cache_dir() / "pretrained" / f"{config.model}-{benchmark}-{config_hash(key)}.pt"
+    return cache_dir() / "pretrained" / f"{config.model}-{benchmark_label(config.benchmark)}-{config_hash(key)}.pt"
 
 
 def _param_groups(model: torch.nn.Module, config: PretrainConfig) -> list[dict]:
@@ -179,11 +178,15 @@ class PretrainPool:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _caption(self, row: int, label: int, rng: np.random.Generator) -> str:
-        if self.benchmark.pretrain_caption is not None:
-            return self.benchmark.pretrain_caption(row, rng)
+    def _template_caption(self, label: int, rng: np.random.Generator) -> str:
         templates = self.benchmark.templates
         return templates[int(rng.integers(len(templates)))].format(self.benchmark.classnames[label])
+
+    def _memory_caption(self, row: int, label: int, rng: np.random.Generator) -> str:
+        """The benchmark's own captioner of in-memory pools (digitshift's), else a template with the class."""
+        if self.benchmark.pretrain_caption is not None:
+            return self.benchmark.pretrain_caption(row, rng)
+        return self._template_caption(label, rng)
 
     def epoch(self, rows: torch.Tensor, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, list[str]]]:
         """Batches of ``rows`` ``[steps, batch]``, in order."""
@@ -191,12 +194,12 @@ class PretrainPool:
             for index in rows:
                 labels = self.dataset.labels[index].tolist()
                 yield (self.dataset.normalise(self.dataset.images[index]),
-                       [self._caption(i, label, rng) for i, label in zip(index.tolist(), labels)])
+                       [self._memory_caption(i, label, rng) for i, label in zip(index.tolist(), labels)])
             return
         self.order.rows = rows.flatten().tolist()
         for images, texts in self.loader:
             if isinstance(texts, torch.Tensor):  # a labelled pool: captioned from the templates
-                texts = [self._caption(-1, label, rng) for label in texts.tolist()]
+                texts = [self._template_caption(label, rng) for label in texts.tolist()]
             yield images, list(texts)
 
 
