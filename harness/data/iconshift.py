@@ -91,8 +91,7 @@ def split_material(classname: str) -> dict[str, tuple[icons.Glyph, ...]]:
 
 def file_name(index: int, glyph: icons.Glyph) -> str:
     """``NNNNN_family_font_name.png``: the glyph it shows is read back from the name (``glyph_source``)."""
-    font = icons.FAMILIES[glyph.family].fonts.index(next(f for f in icons.FAMILIES[glyph.family].fonts
-                                                         if f[0] == glyph.font))
+    font = [file for file, _ in icons.FAMILIES[glyph.family].fonts].index(glyph.font)
     return f"{index:05d}_{glyph.family}_{font}_{glyph.name}.png"
 
 
