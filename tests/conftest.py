@@ -1,4 +1,4 @@
-"""Shared fixtures: one private cache per test session, and the digitshift benchmark built into it once."""
+"""Shared fixtures: one private cache per test session, and the embedded benchmarks built into it once."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def digitshift_small(digitshift):
     from harness.data import load_benchmark
 
     return load_benchmark("digitshift-small", progress=False)
+
+
+@pytest.fixture(scope="session")
+def iconshift_file(private_cache) -> Path:
+    """iconshift built once (about 20 s) into the private cache: the path of its benchmark file."""
+    from harness.data import iconshift
+
+    return iconshift.built_file(progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Numbers the docs state that the code can compute: the record's schema version, digitshift's test-set sizes,
-the budget sweep's grid. Each is computed here and looked for in the text that states it."""
+"""Numbers the docs state that the code can compute: the record's schema version, the embedded benchmarks' test-set
+sizes, the budget sweep's grid. Each is computed here and looked for in the text that states it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _text(relative: str) -> str:
 
 
 def test_the_schema_version_the_docs_name_is_the_records():
-    assert f"`RUN_DIR/record.json` (schema {SCHEMA}," in _text("README.md")
+    assert f"`RUN_DIR/record.json` (schema {SCHEMA}," in _text("docs/trial.md")
     assert _text("docs/record.md").splitlines()[0] == f"# The trial record (`record.json`, schema {SCHEMA})"
 
 
@@ -24,7 +24,23 @@ def test_digitshifts_test_images_as_the_docs_count_them(digitshift, digitshift_s
     total = sum(len(images) for images in digitshift.tests.values())
     small = sum(len(images) for images in digitshift_small.tests.values())
     phrase = f"{small:,} in all instead of {total:,}"
-    assert phrase in _text("README.md") and phrase in _text("harness/data/digitshift.py")
+    assert phrase in _text("docs/embedded.md") and phrase in _text("harness/data/digitshift.py")
+
+
+def test_the_readmes_benchmark_table_counts_the_test_images(digitshift, iconshift_file):
+    """README: each benchmark's ID test images and its OOD sets' number and images."""
+    readme = _text("README.md")
+    id_name = next(iter(digitshift.tests))
+    ood = [len(images) for name, images in digitshift.tests.items() if name != id_name]
+    assert f"| digitshift | MNIST digits ({len(digitshift.tests[id_name]):,} test images) |" in readme
+    assert f"({len(ood)} sets, {sum(ood):,} images) |" in readme
+
+    def count(folder: str) -> int:
+        return sum(1 for _ in (iconshift_file.parent / folder).rglob("*.png"))
+
+    icon_ood = [count(family) for family in ("fontawesome", "phosphor", "remix")]
+    assert f"12 classes ({count('iconshift'):,} test images) |" in readme
+    assert f"Remix Icon ({len(icon_ood)} sets, {sum(icon_ood):,} images) |" in readme
 
 
 def test_the_budget_grid_the_ablation_names_is_the_budget_sweeps():

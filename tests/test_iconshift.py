@@ -7,17 +7,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import yaml
 
 from harness.data import icons, iconshift
 
 SPLIT_FOLDERS = ("train", "val", "iconshift", "fontawesome", "phosphor", "remix")
-
-
-@pytest.fixture(scope="session")
-def iconshift_file(private_cache) -> Path:
-    return iconshift.built_file(progress=False)
 
 
 def _images(root: Path, folder: str) -> list[Path]:
