@@ -1,6 +1,6 @@
 """The fixed cost a sweep pays per trial, beyond the trial's own training and evaluation.
 
-    python benchmarks/sweep_overhead.py [--trials 8] [--parallelism 2] [--out DIR]
+    python benchmarks/sweep_overhead.py [--trials 8[,24]] [--parallelism 2] [--out DIR] [--modes M,...]
     python benchmarks/sweep_overhead.py --sweep OUT --wall SECONDS [--parallelism 2]
 
 The first form runs the same sweep of tiny trials (digit-vit-t, random init, digitshift-small, one
@@ -10,7 +10,9 @@ and reports per mode
 
     fixed cost per trial = (wall x parallelism - sum of the records' train_s + eval_s) / trials
 
-(start-up, imports, benchmark loading, W&B, the driver's bookkeeping and idle slots), plus the median
+(start-up, imports, benchmark loading, W&B, the driver's bookkeeping and idle slots). With several sizes
+(``--trials 8,24``) it also splits that cost into what each added trial costs and what a sweep pays once
+(the start before the first trial, the table, figures and W&B analysis run after the last). Plus the median
 ``wandb.init`` + ``finish`` of an offline run in a warm process. Targets on 2 cores: <= 3 s a trial
 with tracking offline, <= 1.5 s disabled (warm workers).
 
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import yaml
+from scipy import stats
 
 MODES = {"warm-offline": (True, "offline"), "warm-disabled": (True, "disabled"),
          "fresh-offline": (False, "offline"), "fresh-disabled": (False, "disabled")}
@@ -55,20 +58,28 @@ def work_seconds(out: Path) -> list[float]:
 def run_mode(folder: Path, mode: str, trials: int, parallelism: int) -> dict:
     warm, tracking = MODES[mode]
     seeds = list(range(-(-trials // 2)))
-    spec = {"name": f"overhead-{mode}", "base": TINY, "search": {"method": {"grid": ["flyp", "ft"]}}, "seeds": seeds,
+    name = f"{mode}-{trials}"
+    spec = {"name": f"overhead-{name}", "base": TINY, "search": {"method": {"grid": ["flyp", "ft"]}}, "seeds": seeds,
             "launcher": {"kind": "local", "parallelism": parallelism, "warm": warm}, "tracking": {"mode": tracking},
-            "out": str(folder / mode)}
-    path = folder / f"{mode}.yaml"
+            "out": str(folder / name)}
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "-q"], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
-    work = work_seconds(folder / mode)
+    work = work_seconds(folder / name)
     fixed = (wall * parallelism - sum(work)) / len(work)
-    print(f"{mode:15} {len(work)} trials: wall {wall:6.1f} s, train+eval {sum(work):6.1f} s, "
+    print(f"{mode:15} {len(work):3} trials: wall {wall:6.1f} s, train+eval {sum(work):6.1f} s, "
           f"fixed cost {fixed:5.2f} s per trial", flush=True)
     return {"trials": len(work), "wall_s": round(wall, 2), "work_s": round(sum(work), 2),
             "fixed_s_per_trial": round(fixed, 2)}
+
+
+def split_costs(runs: list[dict], parallelism: int) -> dict:
+    """Fixed cost of sweeps of several sizes, split by a least-squares line of total fixed slot-seconds against
+    trials: the slope is what each added trial costs, the intercept (over the slots) what a sweep pays once."""
+    line = stats.linregress([run["trials"] for run in runs], [run["fixed_s_per_trial"] * run["trials"] for run in runs])
+    return {"per_added_trial_s": round(line.slope, 2), "once_per_sweep_wall_s": round(line.intercept / parallelism, 1)}
 
 
 def wandb_open_close(folder: Path, runs: int = 5) -> float:
@@ -92,7 +103,8 @@ print(json.dumps(times[1:]))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", default="8", help="trials per sweep; several (8,24) also split the fixed cost into "
+                        "a part per added trial and a part paid once per sweep")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--out", type=Path, help="where the sweeps write (default: a temporary folder)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
@@ -114,7 +126,11 @@ def main() -> None:
         parser.error(f"unknown mode(s) {unknown}; valid: {', '.join(MODES)}")
     folder = args.out or Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     folder.mkdir(parents=True, exist_ok=True)
-    results = {mode: run_mode(folder, mode, args.trials, args.parallelism) for mode in args.modes.split(",")}
+    sizes = [int(size) for size in args.trials.split(",")]
+    results = {}
+    for mode in args.modes.split(","):
+        runs = [run_mode(folder, mode, size, args.parallelism) for size in sizes]
+        results[mode] = runs[0] if len(runs) == 1 else {"runs": runs, **split_costs(runs, args.parallelism)}
     wandb_s = wandb_open_close(folder / "wandb-probe")
     print(f"wandb.init + finish (offline, warm process): median {wandb_s:.2f} s")
     print(json.dumps({"parallelism": args.parallelism, "cpus": os.cpu_count(), "modes": results,

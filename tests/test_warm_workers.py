@@ -1,5 +1,6 @@
 """Warm workers of the local launcher: records equal to fresh processes', a killed worker's trial retried, a trial
-that raises leaving its worker usable, nothing carried from one trial into the next, and memory that stays bounded."""
+that raises leaving its worker usable, nothing carried from one trial into the next, memory that stays bounded, and
+workers started before the driver's checks that leave nothing behind on bad input and keep what they logged."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from harness.commands.sweep import main as sweep_main
 from harness.core.config import RunConfig
 from harness.core.record import TrialOutcome
 from harness.sweep.context import TrialContext
+from harness.core.cli import run_cli
 from harness.sweep.warm import WarmPool, _trial_scope
 
 TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
@@ -104,6 +106,46 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried(tmp_path, digitshift_sm
     assert f"warm worker {killed[0]} died" in failed["error"]
     record = json.loads((out / next(line for line in lines if line["state"] == "COMPLETE")["record"]).read_text())
     assert record["status"] == "ok" and record["resumed_from_step"] is not None and record["resumed_from_step"] > 0
+
+
+def test_bad_input_found_while_the_workers_start_leaves_no_output_folder(tmp_path, capsys):
+    """The workers start before the driver's checks; a missing weights file (found by the check, not the spec's
+    validation) still exits 2 with one line, and nothing is written under OUT."""
+    path = _spec(tmp_path, "bad", warm=True, parallelism=2, model={"name": "digit-vit-t",
+                                                                    "pretrained": str(tmp_path / "missing.pt")})
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(sweep_main, [str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pt: no such weights file" in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_what_a_worker_logged_before_the_checks_passed_moves_to_its_log_file(tmp_path):
+    """Until ``LogTo`` a worker writes to an anonymous temporary file; ``_log_to`` copies that into the log file and
+    sends the rest there. Run in a child process, whose standard streams it may replace."""
+    log = tmp_path / "worker-1.log"
+    script = ("import sys; from pathlib import Path; from harness.sweep.warm import _log_to\n"
+              "print('before the checks'); print('on stderr', file=sys.stderr)\n"
+              f"_log_to(Path({str(log)!r}))\n"
+              "print('after'); print('stderr after', file=sys.stderr)\n")
+    with open(tmp_path / "early", "w+b") as early:
+        subprocess.run([sys.executable, "-c", script], stdout=early, stderr=subprocess.STDOUT, check=True)
+    assert log.read_text().splitlines() == ["before the checks", "on stderr", "after", "stderr after"]
+
+
+def test_a_worker_that_dies_before_the_checks_pass_leaves_its_output_in_its_log(tmp_path):
+    pool = WarmPool(tmp_path / "workers", 1)
+    try:
+        pool.start()
+        worker = pool.workers[0]
+        worker.process.kill()
+        worker.process.wait()
+        worker.early_log.write(b"Traceback: what killed it\n")  # the driver's handle on the worker's temporary log
+        pool.keep_logs()
+        assert worker.log.read_text() == "Traceback: what killed it\n"
+    finally:
+        pool.close()
 
 
 def _config(tmp_path: Path, name: str, **changes) -> dict:

@@ -122,10 +122,11 @@ class Sweep:
 
     def run(self) -> int:
         """Run the sweep to its end: 0, 1 when a point failed for good, 130 on Ctrl-C."""
-        self.check()  # bad input stops here: nothing started, nothing written
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.launcher.start()  # warm workers import while this driver prepares
+        self.launcher.start_workers()  # warm workers import while this driver checks and prepares
         try:
+            self.check()  # bad input stops here: no trial started, nothing written
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.launcher.start()
             self.prepare()
             study = self.open_study()
             with self.lock.held():

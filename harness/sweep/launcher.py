@@ -43,12 +43,20 @@ class Launcher:
         self._executor: Any = None
         self._pool: WarmPool | None = None
 
-    def start(self) -> None:
-        """Build the executor (SLURM: refused where its commands are missing), or the pool of warm local workers."""
-        launcher = self.plan.spec.launcher
-        if launcher.kind == "local" and launcher.warm:
-            self._pool = WarmPool(self.plan.out / "jobs" / "workers", launcher.parallelism)
+    def start_workers(self) -> None:
+        """Before the driver's checks: start the warm local workers (if any), to import while the driver checks."""
+        spec = self.plan.spec
+        if spec.launcher.kind == "local" and spec.launcher.warm:
+            self._pool = WarmPool(self.plan.out / "jobs" / "workers", spec.launcher.parallelism,
+                                  tracking=spec.tracking.mode != "disabled")
             self._pool.start()
+
+    def start(self) -> None:
+        """After the checks: the warm workers log under OUT, or the executor is built (SLURM: refused where its
+        commands are missing)."""
+        launcher = self.plan.spec.launcher
+        if self._pool is not None:
+            self._pool.keep_logs()
         else:
             self._executor = make_executor(launcher.kind, self.plan.out / "jobs", launcher.parallelism, launcher.profile)
 

@@ -5,6 +5,11 @@ starting W&B's service every time: seconds a trial, most of a short trial. A wor
 driver talks to each worker over a private socket pair (``multiprocessing.connection``): it sends one
 trial (config, context, threads) and receives its ``TrialOutcome``.
 
+Workers start before the driver checks the sweep's input, so that their imports (torch, open_clip, the trainer,
+wandb with tracking on) overlap the check. Until the check passes they log to an anonymous temporary file, so bad
+input leaves nothing under the output folder; then the driver sends each worker ``LogTo`` and it moves what it
+logged so far into its log file there.
+
 The semantics are those of a job: the job id is the worker's pid (so a driver that died and came back
 adopts the trial when the worker has finished it and exited), a worker killed mid-trial fails that
 trial and the driver retries it from its checkpoint in a new worker, and a worker whose driver dies
@@ -12,28 +17,37 @@ finishes its trial (writing its record) and exits. Between two trials a worker r
 may change in its process (environment, torch threads, grad mode, logging handlers and levels, an open
 W&B run) and collects garbage; the benchmark it loaded stays, shared read-only by the next trials.
 
-    python -m harness.sweep.warm FD      # a worker, on the socket the driver passed as file descriptor FD
+    python -m harness.sweep.warm FD [--tracking]   # a worker, on the socket the driver passed as file descriptor FD
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from harness.core.record import TrialOutcome
 from harness.sweep.context import TrialContext
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LogTo:
+    """The driver's message that the input passed its checks: log to this file from now on."""
+
+    path: str
 
 
 @dataclass
@@ -48,11 +62,18 @@ class Worker:
     process: subprocess.Popen
     conn: Connection
     log: Path
+    early_log: IO[bytes] | None = None  # the temporary file it logs to until it moves to ``log`` (started before checks)
     job: WarmJob | None = None  # the trial it runs, until its result is read
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def keep_early_log(self) -> None:
+        """A worker that died before moving its temporary log to ``log``: the driver moves it, traceback and all."""
+        if self.early_log is not None and not self.log.exists():
+            self.early_log.seek(0)
+            self.log.write_bytes(self.early_log.read())
 
 
 @dataclass
@@ -75,6 +96,7 @@ class WarmJob:
                 reply = self.worker.conn.recv()
             except (EOFError, OSError) as exc:
                 code = self.worker.process.wait()
+                self.worker.keep_early_log()
                 raise RuntimeError(f"warm worker {self.job_id} died (exit code {code}) before its trial ended") from exc
             finally:
                 self.worker.job = None
@@ -91,35 +113,50 @@ class WarmJob:
 
 
 class WarmPool:
-    """Up to ``size`` workers, started on demand; each runs one trial at a time."""
+    """Up to ``size`` workers, started on demand; each runs one trial at a time. ``tracking``: workers start W&B's
+    service as they start, not at their first trial."""
 
-    def __init__(self, folder: Path, size: int):
-        self.folder, self.size = folder, size
+    def __init__(self, folder: Path, size: int, tracking: bool = False):
+        self.folder, self.size, self.tracking = folder, size, tracking
         self.workers: list[Worker] = []
         self._started = 0
+        self._logging = False  # True once keep_logs has created the log folder
 
     def _start(self) -> Worker:
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._started += 1
         log_path = self.folder / f"worker-{self._started}.log"
         driver_end, worker_end = socket.socketpair()
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen([sys.executable, "-m", "harness.sweep.warm", str(worker_end.fileno())],
-                                       pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, stdout=log_file,
+        command = [sys.executable, "-m", "harness.sweep.warm", str(worker_end.fileno()), *(["--tracking"] * self.tracking)]
+        early_log = None if self._logging else tempfile.TemporaryFile()
+        with open(log_path, "ab") if early_log is None else nullcontext(early_log) as output:
+            process = subprocess.Popen(command, pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, stdout=output,
                                        stderr=subprocess.STDOUT)
         worker_end.close()
-        worker = Worker(process, Connection(driver_end.detach()), log_path)
+        worker = Worker(process, Connection(driver_end.detach()), log_path, early_log)
         log.debug("started warm worker %d (pid %d, log %s)", self._started, process.pid, log_path)
         return worker
 
     def start(self) -> None:
-        """Start every worker now: they import while the driver prepares, instead of when the first trials come."""
+        """Start every worker now, before the driver's checks: they import while it checks and prepares."""
         while len(self.workers) < self.size:
             self.workers.append(self._start())
 
+    def keep_logs(self) -> None:
+        """The input passed its checks: create the log folder and have every worker log to its file there."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._logging = True
+        for worker in self.workers:
+            try:
+                worker.conn.send(LogTo(str(worker.log)))
+            except OSError:  # it died while the driver checked: its trial's submission will say so
+                worker.keep_early_log()
+
     def submit(self, config: dict[str, Any], context: TrialContext | None, threads: int) -> WarmJob:
         """Hand a trial to an idle worker, starting one when every live worker is busy."""
-        self.workers = [w for w in self.workers if w.alive or w.job is not None]
+        for dead in [w for w in self.workers if not w.alive and w.job is None]:
+            if self._logging:
+                dead.keep_early_log()
+            self.workers.remove(dead)
         worker = next((w for w in self.workers if w.alive and w.job is None), None)
         if worker is None:
             if len(self.workers) >= self.size:
@@ -135,6 +172,8 @@ class WarmPool:
         """Idle workers see their socket close and exit; busy ones finish their trial first."""
         for worker in self.workers:
             worker.conn.close()
+            if worker.early_log is not None:
+                worker.early_log.close()
         self.workers = []
 
 
@@ -174,21 +213,51 @@ def _finish_wandb() -> None:
         wandb.finish(exit_code=1)
 
 
-def serve(conn: Connection) -> None:
+_TRIAL_MODULES = ("harness.trial.runner", "harness.sweep.tracking")  # with them torch, open_clip and the trainer
+_MEDIA_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
+def _log_to(path: Path) -> None:
+    """Copy what this worker logged into its temporary file to ``path``, and log there from now on."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(path, "ab") as log_file:
+        log_file.write(os.pread(sys.stdout.fileno(), os.fstat(sys.stdout.fileno()).st_size, 0))
+        log_file.flush()
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(log_file.fileno(), stream.fileno())
+
+
+def _start_tracking() -> None:
+    """W&B's service, started once for every trial of this worker, and the figure modules its media are drawn with."""
+    import wandb
+
+    wandb.setup()
+    for module in _MEDIA_MODULES:
+        importlib.import_module(module)
+
+
+def serve(conn: Connection, tracking: bool = False) -> None:
     """Run the trials the driver sends until it closes the socket (or dies)."""
     from harness.data import LoadedBenchmarks
     from harness.sweep.jobs import run_trial
 
-    benchmarks, tracking = LoadedBenchmarks(), False
+    for module in _TRIAL_MODULES:  # imported now, while the driver checks, rather than by the first trial
+        importlib.import_module(module)
+    if tracking:
+        _start_tracking()
+    benchmarks = LoadedBenchmarks()
     while True:
         try:
-            config, context, threads = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(message, LogTo):
+            _log_to(Path(message.path))
+            continue
+        config, context, threads = message
         if not tracking and config["tracking"]["mode"] != "disabled":
-            import wandb
-
-            wandb.setup()  # W&B's service starts once, for every trial of this worker
+            _start_tracking()
             tracking = True
         with _trial_scope():
             try:
@@ -201,5 +270,21 @@ def serve(conn: Connection) -> None:
             return
 
 
+def _exit() -> None:
+    """Leave without the interpreter's shutdown, which would walk every object torch and open_clip made (about a
+    second of CPU beside the driver's last work), as multiprocessing's children leave: every record and reply is
+    written by now; W&B's service is stopped and the log flushed first."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1])))
+    from harness.sweep import warm  # the module the driver pickles LogTo from, not this __main__ copy of it
+
+    warm.serve(Connection(int(sys.argv[1])), tracking="--tracking" in sys.argv[2:])
+    warm._exit()
