@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import logging
 import sys
@@ -99,7 +100,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    # The interpreter's last collection would walk every object torch, open_clip and pandas made: about 2 s after a
-    # sweep. The command's work is written and closed; atexit handlers (logging, W&B) still run.
-    gc.freeze()
+    # At exit, before the interpreter's last collection, freeze the heap: that collection would walk every object
+    # torch, open_clip and pandas made (about 2 s after a sweep), once the command's work is written and closed.
+    # Registered once, at exit, so that a command run in-process (tests) leaves the caller's collector alone.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     sys.exit(code or 0)
