@@ -101,9 +101,20 @@ print(json.dumps(times[1:]))
     return statistics.median(json.loads(output.stdout.strip().splitlines()[-1]))
 
 
+def _sizes(text: str) -> list[int]:
+    """``--trials``: one sweep size, or several distinct ones (a line through them splits the fixed cost)."""
+    try:
+        sizes = [int(size) for size in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers of trials, e.g. 8 or 8,24") from None
+    if min(sizes) < 2 or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct sizes of at least 2 trials each, e.g. 8,24")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", default="8", help="trials per sweep; several (8,24) also split the fixed cost into "
+    parser.add_argument("--trials", type=_sizes, default=[8], help="trials per sweep; several (8,24) also split the fixed cost into "
                         "a part per added trial and a part paid once per sweep")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--out", type=Path, help="where the sweeps write (default: a temporary folder)")
@@ -126,10 +137,9 @@ def main() -> None:
         parser.error(f"unknown mode(s) {unknown}; valid: {', '.join(MODES)}")
     folder = args.out or Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     folder.mkdir(parents=True, exist_ok=True)
-    sizes = [int(size) for size in args.trials.split(",")]
     results = {}
     for mode in args.modes.split(","):
-        runs = [run_mode(folder, mode, size, args.parallelism) for size in sizes]
+        runs = [run_mode(folder, mode, size, args.parallelism) for size in args.trials]
         results[mode] = runs[0] if len(runs) == 1 else {"runs": runs, **split_costs(runs, args.parallelism)}
     wandb_s = wandb_open_close(folder / "wandb-probe")
     print(f"wandb.init + finish (offline, warm process): median {wandb_s:.2f} s")
