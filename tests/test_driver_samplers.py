@@ -173,6 +173,26 @@ def test_tpe_through_the_driver_runs_each_draw_once_per_seed_and_draws_reproduci
     assert [t.params for t in _sampled(again)] == drawn
 
 
+@pytest.mark.parametrize("search, sampler, fills_first", [({"optim.lr": {"grid": [1e-5, 1e-4, 1e-3]}}, "grid", True),
+                                                           ({"optim.lr": LR}, "random", False)])
+def test_a_grid_gives_the_freed_slot_its_next_trial_before_telling_and_a_sampler_draws_after(
+        tmp_path, fake, monkeypatch, search, sampler, fills_first):
+    """A grid's next point needs no result, so a free slot gets it before the driver tells the study the trial that
+    ended (telling writes tens of attributes); a sampler's next draw must see that result, so it comes after."""
+    spec = _spec(tmp_path, search=search, sampler={"name": sampler}, n_trials=3)
+    completed_at_submit: list[int] = []
+    submit = driver.Launcher.submit
+
+    def counting_submit(self, claims):
+        study = optuna.load_study(study_name=spec.name, storage=default_storage(tmp_path / "out"))
+        completed_at_submit.append(len(study.get_trials(states=(TrialState.COMPLETE,))))
+        return submit(self, claims)
+
+    monkeypatch.setattr(driver.Launcher, "submit", counting_submit)
+    assert len(_run(spec, tmp_path / "out")) == 3
+    assert completed_at_submit == ([0, 0, 1] if fills_first else [0, 1, 2])
+
+
 def test_nsga2_through_the_driver_fills_a_two_objective_study(tmp_path, fake):
     spec = _spec(tmp_path, search={"optim.lr": LR, "optim.weight_decay": {"low": 0.0, "high": 0.5}},
                  sampler={"name": "nsga2", "seed": 7}, n_trials=6, objectives=TWO_OBJECTIVES)

@@ -152,25 +152,29 @@ class Sweep:
     def _loop(self, study: optuna.Study) -> int:
         """Keep ``parallelism`` trials in flight until every point is settled: 0, or 130 on Ctrl-C."""
         parallelism = self.spec.launcher.parallelism
+        # what runs next needs no result (a grid's next point, no pruner comparing with it): fill free slots, then tell
+        fill_first = self.plan.planned() is not None and self.spec.pruner.name == "none"
         running: list[Running] = []
         bar = tqdm(total=self.plan.total(), desc=self.spec.name)
         next_claim_at = 0.0
         try:
             while True:
                 if len(running) < parallelism and time.monotonic() >= next_claim_at:
-                    claims = []
-                    while len(running) + len(claims) < parallelism and (claim := self.claim(study)):
-                        claims.append(claim)
-                    running += self.launcher.submit(claims) if claims else []
+                    running += self._fill(study, len(running))
                     next_claim_at = time.monotonic() + _CLAIM_SECONDS  # the storage is read this often at most
                     self._show(bar, study)
                     if not running and complete(study.get_trials(deepcopy=False), self.plan):
                         break
                 time.sleep(_POLL_SECONDS)
-                for item in [r for r in running if self.launcher.job_ended(r)]:
-                    running.remove(item)
-                    self._finish(study, item.number, self.launcher.result(item))
-                    next_claim_at = 0.0
+                ended = [(item, self.launcher.result(item)) for item in running if self.launcher.job_ended(item)]
+                if ended:
+                    running = [item for item in running if item not in [done for done, _ in ended]]
+                    if fill_first:  # the freed slots work while this driver tells
+                        running += self._fill(study, len(running))
+                    for item, result in ended:
+                        self._finish(study, item.number, result)
+                    self._show(bar, study)
+                    next_claim_at = 0.0  # a sampler's next draw, and a failed trial's retry, wait for the tells
         except KeyboardInterrupt:
             for item in running:
                 self.launcher.cancel(item)
@@ -180,6 +184,13 @@ class Sweep:
             return 130
         bar.close()
         return 0
+
+    def _fill(self, study: optuna.Study, running: int) -> list[Running]:
+        """Claim and submit trials for the free slots of ``running`` busy ones."""
+        claims = []
+        while running + len(claims) < self.spec.launcher.parallelism and (claim := self.claim(study)):
+            claims.append(claim)
+        return self.launcher.submit(claims) if claims else []
 
     def _show(self, bar: tqdm, study: optuna.Study) -> None:
         """Points settled anywhere (this driver or another one sharing the study), running, failed and retried ones,
