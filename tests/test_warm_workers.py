@@ -56,7 +56,8 @@ def _metrics(record: dict) -> dict:
 @pytest.mark.slow
 def test_warm_workers_give_the_records_of_fresh_processes(tmp_path, digitshift_small):
     """One worker runs two trials in turn (contrastive with a teacher, cross-entropy with a linear head); each record
-    equals, metric for metric, the same trial's in its own process."""
+    equals, metric for metric, the same trial's in its own process. The workers are new interpreters here: this
+    process has run torch, so it must not fork them."""
     assert sweep_main([str(_spec(tmp_path, "warm", warm=True, methods=("carot", "ft")))]) == 0
     assert sweep_main([str(_spec(tmp_path, "fresh", warm=False, methods=("carot", "ft")))]) == 0
     warm, fresh = _records(tmp_path / "warm"), _records(tmp_path / "fresh")
@@ -64,6 +65,39 @@ def test_warm_workers_give_the_records_of_fresh_processes(tmp_path, digitshift_s
     assert len(list((tmp_path / "warm" / "jobs" / "workers").glob("worker-*.log"))) == 1  # both in one worker
     for method in warm:
         assert _metrics(warm[method]) == _metrics(fresh[method]), method
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_workers_forked_by_the_command_give_fresh_records_and_exit_with_it(tmp_path, digitshift_small):
+    """``python -m harness.sweep`` has run no torch op when it starts its workers, so it forks them: two workers run
+    three trials whose records equal those of fresh processes (with as many threads), and every worker is gone soon
+    after the command: a forked worker closes the driver's end of its socket, which it inherits, to see the driver
+    leave."""
+    methods = ("carot", "ft", "flyp")
+    path = _spec(tmp_path, "forked", warm=True, methods=methods, parallelism=2)
+    command = subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "-v"], capture_output=True, text=True)
+    assert command.returncode == 0, command.stderr[-2000:]
+    assert command.stderr.count("forked warm worker") == 2, command.stderr[-2000:]
+    assert sweep_main([str(_spec(tmp_path, "fresh", warm=False, methods=methods, parallelism=2))]) == 0  # same threads
+    forked, fresh = _records(tmp_path / "forked"), _records(tmp_path / "fresh")
+    assert sorted(forked) == sorted(fresh) == sorted(methods)
+    for method in forked:
+        assert _metrics(forked[method]) == _metrics(fresh[method]), method
+    workers = {int(job) for job in _job_ids(tmp_path / "forked")}
+    assert len(workers) == 2, workers
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers), "a forked worker outlived its driver"
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a forked worker's parent, the command, has exited: init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _job_ids(out: Path) -> list[str]:

@@ -5,10 +5,15 @@ starting W&B's service every time: seconds a trial, most of a short trial. A wor
 driver talks to each worker over a private socket pair (``multiprocessing.connection``): it sends one
 trial (config, context, threads) and receives its ``TrialOutcome``.
 
-Workers start before the driver checks the sweep's input, so that their imports (torch, open_clip, the trainer,
-wandb with tracking on) overlap the check. Until the check passes they log to an anonymous temporary file, so bad
-input leaves nothing under the output folder; then the driver sends each worker ``LogTo`` and it moves what it
-logged so far into its log file there.
+Workers start before the driver checks the sweep's input. A driver that has not imported torch yet (the command
+line's) imports the trainer once (torch, open_clip, wandb) and forks its workers from itself: one import for all of
+them, on one core, where an interpreter per worker would pay it once each, side by side with the driver's own import
+for its check. Forking is safe only in a process that has run no torch op: a child forked after OpenMP's threads
+started hangs at its first parallel op (and on macOS frameworks refuse to run after a fork), so a worker started
+later (the replacement of one that died), a driver elsewhere than Linux, or one in a process that has imported torch
+(a test) starts each worker as a new interpreter, which imports while the driver checks. Until the check passes
+workers log to an anonymous temporary file, so bad input leaves nothing under the output folder; then the driver
+sends each worker ``LogTo`` and it moves what it logged so far into its log file there.
 
 The semantics are those of a job: the job id is the worker's pid (so a driver that died and came back
 adopts the trial when the worker has finished it and exited), a worker killed mid-trial fails that
@@ -17,7 +22,7 @@ finishes its trial (writing its record) and exits. Between two trials a worker r
 may change in its process (environment, torch threads, grad mode, logging handlers and levels, an open
 W&B run) and collects garbage; the benchmark it loaded stays, shared read-only by the next trials.
 
-    python -m harness.sweep.warm FD [--tracking]   # a worker, on the socket the driver passed as file descriptor FD
+    python -m harness.sweep.warm FD [--tracking]   # a new-interpreter worker, on the socket passed as descriptor FD
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import gc
 import importlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +47,9 @@ from harness.core.record import TrialOutcome
 from harness.sweep.context import TrialContext
 
 log = logging.getLogger(__name__)
+
+_TRIAL_MODULES = ("harness.trial.runner", "harness.sweep.tracking")  # with them torch, open_clip and the trainer
+_MEDIA_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class _JobPaths:
 class Worker:
     """One worker process and the driver's end of its socket."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedProcess
     conn: Connection
     log: Path
     early_log: IO[bytes] | None = None  # the temporary file it logs to until it moves to ``log`` (started before checks)
@@ -122,24 +131,38 @@ class WarmPool:
         self._started = 0
         self._logging = False  # True once keep_logs has created the log folder
 
-    def _start(self) -> Worker:
+    def _start(self, fork: bool = False) -> Worker:
+        """A new worker: forked from this process (``fork``: see the module's docstring for when), else a new
+        interpreter."""
         self._started += 1
         log_path = self.folder / f"worker-{self._started}.log"
         driver_end, worker_end = socket.socketpair()
-        command = [sys.executable, "-m", "harness.sweep.warm", str(worker_end.fileno()), *(["--tracking"] * self.tracking)]
         early_log = None if self._logging else tempfile.TemporaryFile()
         with open(log_path, "ab") if early_log is None else nullcontext(early_log) as output:
-            process = subprocess.Popen(command, pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, stdout=output,
-                                       stderr=subprocess.STDOUT)
+            if fork:
+                # the driver's ends of every socket: a worker learns that the driver is gone from its socket's EOF
+                inherited = [driver_end.fileno(), *(worker.conn.fileno() for worker in self.workers)]
+                process: subprocess.Popen | ForkedProcess = _fork(worker_end, output.fileno(), inherited, self.tracking)
+            else:
+                command = [sys.executable, "-m", "harness.sweep.warm", str(worker_end.fileno()),
+                           *(["--tracking"] * self.tracking)]
+                process = subprocess.Popen(command, pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL,
+                                           stdout=output, stderr=subprocess.STDOUT)
         worker_end.close()
         worker = Worker(process, Connection(driver_end.detach()), log_path, early_log)
-        log.debug("started warm worker %d (pid %d, log %s)", self._started, process.pid, log_path)
+        log.debug("%s warm worker %d (pid %d, log %s)", "forked" if fork else "started", self._started, process.pid,
+                  log_path)
         return worker
 
     def start(self) -> None:
-        """Start every worker now, before the driver's checks: they import while it checks and prepares."""
+        """Start every worker now, before the driver's checks: forked once the trainer is imported here, or new
+        interpreters that import while the driver checks and prepares."""
+        fork = can_fork()
+        if fork:
+            for module in _TRIAL_MODULES + (_MEDIA_MODULES if self.tracking else ()):
+                importlib.import_module(module)
         while len(self.workers) < self.size:
-            self.workers.append(self._start())
+            self.workers.append(self._start(fork))
 
     def keep_logs(self) -> None:
         """The input passed its checks: create the log folder and have every worker log to its file there."""
@@ -177,6 +200,59 @@ class WarmPool:
         self.workers = []
 
 
+def can_fork() -> bool:
+    """Workers may be forked from this process: Linux, and no torch op can have run here (torch is not imported)."""
+    return sys.platform == "linux" and "torch" not in sys.modules
+
+
+class ForkedProcess:
+    """A worker forked from the driver, with the part of ``subprocess.Popen``'s interface a ``Worker`` uses."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _fork(worker_end: socket.socket, output: int, inherited: list[int], tracking: bool) -> ForkedProcess:
+    """Fork a worker that serves on ``worker_end`` with its standard streams on ``output``; it closes the ``inherited``
+    descriptors first. The child never returns into the driver's code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return ForkedProcess(pid)
+    try:
+        for fd in inherited:
+            os.close(fd)
+        with open(os.devnull, "rb") as nothing:
+            os.dup2(nothing.fileno(), 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        serve(Connection(worker_end.detach()), tracking)
+        _exit()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(1)
+
+
 # --------------------------------------------------------------------------- the worker's side
 
 
@@ -211,10 +287,6 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=1)
-
-
-_TRIAL_MODULES = ("harness.trial.runner", "harness.sweep.tracking")  # with them torch, open_clip and the trainer
-_MEDIA_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
 def _log_to(path: Path) -> None:
