@@ -34,8 +34,11 @@ def save(figure: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     with plt.rc_context(STYLE):
+        # the tight box measured once for both files: ``bbox_inches="tight"`` renders the figure once more in each
+        # savefig to measure it, at the file's resolution
+        tight = figure.get_tightbbox(figure.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
         for path in paths:
-            figure.savefig(path)
+            figure.savefig(path, bbox_inches=tight)
     plt.close(figure)
     return paths
 
