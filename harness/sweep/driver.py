@@ -168,7 +168,8 @@ class Sweep:
                 time.sleep(_POLL_SECONDS)
                 ended = [(item, self.launcher.result(item)) for item in running if self.launcher.job_ended(item)]
                 if ended:
-                    running = [item for item in running if item not in [done for done, _ in ended]]
+                    done = [item for item, _ in ended]
+                    running = [item for item in running if item not in done]
                     if fill_first:  # the freed slots work while this driver tells
                         running += self._fill(study, len(running))
                     for item, result in ended:
