@@ -25,7 +25,7 @@ from harness.core.config import RunConfig
 from harness.core.record import TrialOutcome
 from harness.sweep.context import TrialContext
 from harness.core.cli import run_cli
-from harness.sweep.warm import WarmPool, _trial_scope
+from harness.sweep.warm import WarmPool, _trial_scope, can_fork
 
 TINY = {"model": {"name": "digit-vit-t", "pretrained": None}, "data": {"benchmark": "digitshift-small"},
         "optim": {"epochs": 1, "batch_size": 500, "warmup_steps": 2}, "eval": {"batch_size": 500, "bootstrap": 50}}
@@ -58,6 +58,7 @@ def test_warm_workers_give_the_records_of_fresh_processes(tmp_path, digitshift_s
     """One worker runs two trials in turn (contrastive with a teacher, cross-entropy with a linear head); each record
     equals, metric for metric, the same trial's in its own process. The workers are new interpreters here: this
     process has run torch, so it must not fork them."""
+    assert not can_fork()
     assert sweep_main([str(_spec(tmp_path, "warm", warm=True, methods=("carot", "ft")))]) == 0
     assert sweep_main([str(_spec(tmp_path, "fresh", warm=False, methods=("carot", "ft")))]) == 0
     warm, fresh = _records(tmp_path / "warm"), _records(tmp_path / "fresh")
